@@ -1,0 +1,346 @@
+//! Walking a project directory into a snapshot.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ignore::{WalkBuilder, WalkState};
+
+use crate::read::{self, Root};
+use crate::tree::{Dir, Entry, File, Node, Stamp, Symlink};
+use crate::{Error, Snapshot};
+
+/// Files whose names start with this are srcstore's own (watcher cookies) and are never part
+/// of a snapshot, whatever the filter.
+pub const RESERVED_PREFIX: &[u8] = b".srcstore-";
+
+/// Which files of the directory a snapshot takes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Filter {
+    /// `.gitignore` at every level (also outside a git repository), `.git/info/exclude`, the
+    /// user's global git excludes and `.srcstoreignore`; `.git` itself is left out.
+    Ignore,
+    /// Everything, exactly what `nix-store --add` would take.
+    All,
+}
+
+/// What a scan did, for reports and benchmarks.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ScanStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files whose content was read and hashed (the rest were trusted by their stamp).
+    pub hashed: u64,
+}
+
+/// Builds a [`Snapshot`] of a directory.
+pub struct Scanner {
+    path: PathBuf,
+    filter: Filter,
+    name: Option<String>,
+    previous: Option<Node>,
+    threads: usize,
+    progress: Arc<AtomicU64>,
+}
+
+enum Item {
+    Dir,
+    File(Arc<File>),
+    Symlink(Arc<Symlink>),
+}
+
+impl Scanner {
+    pub fn new(path: impl Into<PathBuf>, filter: Filter) -> Self {
+        Scanner {
+            path: path.into(),
+            filter,
+            name: None,
+            previous: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: Arc::default(),
+        }
+    }
+
+    /// The `<name>` part of the snapshot's basename; defaults to the directory's basename made
+    /// valid.
+    pub fn name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// A tree from an earlier scan of the same directory (from the index, or the snapshot
+    /// before): files whose stamp still matches are not read again, and unchanged nodes keep
+    /// their identity.
+    pub fn previous(mut self, tree: Option<Node>) -> Self {
+        self.previous = tree;
+        self
+    }
+
+    /// A counter of entries visited so far, for a progress display.
+    pub fn progress(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.progress = counter;
+        self
+    }
+
+    pub fn scan(self) -> Result<Snapshot, Error> {
+        self.scan_with_stats().map(|(s, _)| s)
+    }
+
+    pub fn scan_with_stats(self) -> Result<(Snapshot, ScanStats), Error> {
+        let abs = std::path::absolute(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let root = Arc::new(Root::open(&abs)?);
+        let name = match self.name.clone() {
+            Some(n) => {
+                crate::name::validate(&n)?;
+                n
+            }
+            None => crate::name::from_basename(
+                &abs.file_name()
+                    .map_or("source".into(), |n| n.to_string_lossy()),
+            ),
+        };
+        let items = self.walk(&root)?;
+        let (tree, stats) = assemble(items, self.previous.as_ref());
+        Ok((Snapshot::new(tree, name, root), stats))
+    }
+
+    fn walk(&self, root: &Root) -> Result<Vec<(Vec<u8>, Item)>, Error> {
+        let mut builder = WalkBuilder::new(root.path());
+        builder.threads(self.threads).follow_links(false);
+        match self.filter {
+            Filter::All => {
+                builder.standard_filters(false);
+            }
+            Filter::Ignore => {
+                builder
+                    .standard_filters(false)
+                    .git_ignore(true)
+                    .git_global(true)
+                    .git_exclude(true)
+                    .require_git(false)
+                    .parents(true)
+                    .add_custom_ignore_filename(".srcstoreignore")
+                    .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git");
+            }
+        }
+        let items = Mutex::new(Vec::new());
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let base_len = root.path().as_os_str().len();
+        builder.build_parallel().run(|| {
+            let mut batch = Batch {
+                local: Vec::new(),
+                sink: &items,
+            };
+            let failure = &failure;
+            let progress = &self.progress;
+            let previous = self.previous.as_ref();
+            Box::new(move |entry| {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return stop_on(failure, walk_error(e)),
+                };
+                let rel = entry.path().as_os_str().as_bytes()[base_len..]
+                    .strip_prefix(b"/")
+                    .unwrap_or_default();
+                if rel.is_empty() || is_reserved(rel) {
+                    return WalkState::Continue;
+                }
+                match visit(root, entry.path(), rel, previous) {
+                    Ok(item) => {
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        batch.push((rel.to_vec(), item));
+                        WalkState::Continue
+                    }
+                    Err(e) => stop_on(failure, Some(e)),
+                }
+            })
+        });
+        if let Some(e) = failure.into_inner().unwrap() {
+            return Err(e);
+        }
+        Ok(items.into_inner().unwrap())
+    }
+}
+
+/// A walker thread's findings, handed over in batches to keep the shared lock cold, and the
+/// rest when the thread's visitor is dropped.
+struct Batch<'a> {
+    local: Vec<(Vec<u8>, Item)>,
+    sink: &'a Mutex<Vec<(Vec<u8>, Item)>>,
+}
+
+impl Batch<'_> {
+    fn push(&mut self, item: (Vec<u8>, Item)) {
+        self.local.push(item);
+        if self.local.len() >= 256 {
+            self.sink.lock().unwrap().append(&mut self.local);
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.sink.lock().unwrap().append(&mut self.local);
+    }
+}
+
+fn stop_on(failure: &Mutex<Option<Error>>, error: Option<Error>) -> WalkState {
+    match error {
+        Some(e) => {
+            failure.lock().unwrap().get_or_insert(e);
+            WalkState::Quit
+        }
+        None => WalkState::Continue,
+    }
+}
+
+fn is_reserved(rel: &[u8]) -> bool {
+    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+    base.starts_with(RESERVED_PREFIX)
+}
+
+/// Errors of the walk that must stop it (`Some`) or may be passed over (`None`: a malformed
+/// pattern in an ignore file, which `git` itself would also skip).
+fn walk_error(e: ignore::Error) -> Option<Error> {
+    fn io_of(e: &ignore::Error) -> Option<(Option<PathBuf>, std::io::Error)> {
+        match e {
+            ignore::Error::WithPath { path, err } => {
+                io_of(err).map(|(p, io)| (p.or_else(|| Some(path.clone())), io))
+            }
+            ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+                io_of(err)
+            }
+            ignore::Error::Io(io) => Some((None, std::io::Error::new(io.kind(), io.to_string()))),
+            ignore::Error::Loop { child, .. } => Some((
+                Some(child.clone()),
+                std::io::Error::other("filesystem loop"),
+            )),
+            _ => None,
+        }
+    }
+    match io_of(&e) {
+        Some((path, io)) => Some(Error::io(path.unwrap_or_default(), io)),
+        None => {
+            tracing::warn!("ignore rules: {e}");
+            None
+        }
+    }
+}
+
+fn visit(root: &Root, path: &Path, rel: &[u8], previous: Option<&Node>) -> Result<Item, Error> {
+    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Ok(Item::Dir);
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(path).map_err(|e| Error::io(path, e))?;
+        let target = target.into_os_string().into_vec().into_boxed_slice();
+        if let Some(Node::Symlink(old)) = previous.and_then(|p| p.find(rel)) {
+            if old.target == target {
+                return Ok(Item::Symlink(old.clone()));
+            }
+        }
+        return Ok(Item::Symlink(Arc::new(Symlink::new(target))));
+    }
+    if ft.is_file() {
+        if let Some(Node::File(old)) = previous.and_then(|p| p.find(rel)) {
+            use std::os::unix::fs::PermissionsExt;
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            if !old.racy && old.stamp == Stamp::of(&meta) && old.executable == exec {
+                return Ok(Item::File(old.clone()));
+            }
+        }
+        let rel_path = Path::new(OsStr::from_bytes(rel));
+        let h = read::hash_file(root, rel_path, &meta)?;
+        return Ok(Item::File(Arc::new(File::new(
+            h.content,
+            h.executable,
+            h.stamp,
+            h.racy,
+        ))));
+    }
+    let kind = if ft.is_fifo() {
+        "a named pipe (fifo)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device node"
+    } else {
+        "a special file"
+    };
+    Err(Error::UnsupportedFileType {
+        path: path.into(),
+        kind,
+    })
+}
+
+/// Turns the walk's flat list into a tree, reusing every node of `previous` whose content is
+/// unchanged so that node identities carry over.
+fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, ScanStats) {
+    let mut stats = ScanStats::default();
+    let mut children: HashMap<Vec<u8>, Vec<Entry>> = HashMap::new();
+    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    for (rel, item) in items {
+        let (parent, name) = split(&rel);
+        let node = match item {
+            Item::Dir => {
+                stats.dirs += 1;
+                dirs.push(rel);
+                continue;
+            }
+            Item::File(f) => {
+                stats.files += 1;
+                stats.bytes += f.size();
+                let is_new = previous
+                    .and_then(|p| p.find(&rel))
+                    .is_none_or(|old| old.id() != f.id);
+                stats.hashed += is_new as u64;
+                Node::File(f)
+            }
+            Item::Symlink(s) => {
+                stats.symlinks += 1;
+                Node::Symlink(s)
+            }
+        };
+        children.entry(parent.to_vec()).or_default().push(Entry {
+            name: name.into(),
+            node,
+        });
+    }
+    // Deepest first, so every directory's children are complete when it is built.
+    dirs.sort_unstable_by_key(|d| std::cmp::Reverse(d.iter().filter(|&&b| b == b'/').count()));
+    dirs.push(Vec::new());
+    let mut root = None;
+    for rel in dirs {
+        let dir = Dir::new(children.remove(&rel).unwrap_or_default());
+        let node = match previous.and_then(|p| p.find(&rel)) {
+            Some(Node::Dir(old)) if old.hash == dir.hash => Node::Dir(old.clone()),
+            _ => Node::Dir(Arc::new(dir)),
+        };
+        if rel.is_empty() {
+            root = Some(node);
+        } else {
+            let (parent, name) = split(&rel);
+            children.entry(parent.to_vec()).or_default().push(Entry {
+                name: name.into(),
+                node,
+            });
+        }
+    }
+    (root.expect("root is always assembled"), stats)
+}
+
+fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
