@@ -23,7 +23,9 @@ mod read;
 mod scan;
 mod snapshot;
 pub mod tree;
+mod update;
 
 pub use error::Error;
-pub use scan::{Filter, ScanStats, Scanner};
+pub use scan::{DirHook, Filter, ScanStats, Scanner};
 pub use snapshot::Snapshot;
+pub use update::Changes;

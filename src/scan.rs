@@ -1,6 +1,6 @@
 //! Walking a project directory into a snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -48,12 +48,19 @@ pub struct Scanner {
     previous: Option<Node>,
     threads: usize,
     progress: Arc<AtomicU64>,
+    on_dir: Option<DirHook>,
 }
 
-enum Item {
+/// Called for every directory a walk enters, before its entries are read (the live view adds
+/// its inotify watch there, so nothing created inside is missed).
+pub type DirHook = Arc<dyn Fn(&Path) -> Result<(), Error> + Send + Sync>;
+
+pub(crate) enum Item {
     Dir,
     File(Arc<File>),
     Symlink(Arc<Symlink>),
+    /// A subtree built elsewhere (kept from the previous tree, or walked separately).
+    Node(Node),
 }
 
 impl Scanner {
@@ -65,7 +72,14 @@ impl Scanner {
             previous: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: Arc::default(),
+            on_dir: None,
         }
+    }
+
+    /// See [`DirHook`].
+    pub fn on_dir(mut self, hook: DirHook) -> Self {
+        self.on_dir = Some(hook);
+        self
     }
 
     /// The `<name>` part of the snapshot's basename; defaults to the directory's basename made
@@ -106,41 +120,83 @@ impl Scanner {
                     .map_or("source".into(), |n| n.to_string_lossy()),
             ),
         };
-        let items = self.walk(&root)?;
-        let (tree, stats) = assemble(items, self.previous.as_ref());
+        let walk = Walk::new(&self, &root, self.previous.as_ref(), &NO_FRESH);
+        let items = walk.run(b"", None)?;
+        let (tree, stats) = assemble(items, b"", self.previous.as_ref());
         Ok((Snapshot::new(tree, name, root), stats))
     }
+}
 
-    fn walk(&self, root: &Root) -> Result<Vec<(Vec<u8>, Item)>, Error> {
-        let mut builder = WalkBuilder::new(root.path());
-        builder.threads(self.threads).follow_links(false);
-        match self.filter {
-            Filter::All => {
-                builder.standard_filters(false);
-            }
-            Filter::Ignore => {
-                builder
-                    .standard_filters(false)
-                    .git_ignore(true)
-                    .git_global(true)
-                    .git_exclude(true)
-                    .require_git(false)
-                    .parents(true)
-                    .add_custom_ignore_filename(".srcstoreignore")
-                    .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git");
-            }
+static NO_FRESH: std::sync::LazyLock<HashSet<Vec<u8>>> = std::sync::LazyLock::new(HashSet::new);
+
+/// One walk over (part of) a project.
+pub(crate) struct Walk<'a> {
+    root: &'a Root,
+    filter: Filter,
+    threads: usize,
+    /// The tree at the project root whose files may be trusted by stamp.
+    previous: Option<&'a Node>,
+    /// Paths whose previous nodes must not be trusted at all (an event named them).
+    fresh: &'a HashSet<Vec<u8>>,
+    progress: &'a AtomicU64,
+    on_dir: Option<&'a (dyn Fn(&Path) -> Result<(), Error> + Send + Sync)>,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(
+        scanner: &'a Scanner,
+        root: &'a Root,
+        previous: Option<&'a Node>,
+        fresh: &'a HashSet<Vec<u8>>,
+    ) -> Self {
+        Walk {
+            root,
+            filter: scanner.filter,
+            threads: scanner.threads,
+            previous,
+            fresh,
+            progress: &scanner.progress,
+            on_dir: scanner.on_dir.as_deref(),
+        }
+    }
+
+    /// Walks `start` (relative to the project root) to `max_depth`, returning every entry below
+    /// it with its project-relative path; `start` itself is only passed to the dir hook.
+    pub(crate) fn run(
+        &self,
+        start: &[u8],
+        max_depth: Option<usize>,
+    ) -> Result<Vec<(Vec<u8>, Item)>, Error> {
+        let start_path = self.root.path().join(OsStr::from_bytes(start));
+        let mut builder = WalkBuilder::new(&start_path);
+        builder
+            .threads(if max_depth == Some(1) {
+                1
+            } else {
+                self.threads
+            })
+            .follow_links(false)
+            .max_depth(max_depth)
+            .standard_filters(false);
+        if self.filter == Filter::Ignore {
+            builder
+                .git_ignore(true)
+                .git_global(true)
+                .git_exclude(true)
+                .require_git(false)
+                .parents(true)
+                .add_custom_ignore_filename(".srcstoreignore")
+                .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git");
         }
         let items = Mutex::new(Vec::new());
         let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let base_len = root.path().as_os_str().len();
+        let base_len = self.root.path().as_os_str().len();
         builder.build_parallel().run(|| {
             let mut batch = Batch {
                 local: Vec::new(),
                 sink: &items,
             };
             let failure = &failure;
-            let progress = &self.progress;
-            let previous = self.previous.as_ref();
             Box::new(move |entry| {
                 let entry = match entry {
                     Ok(entry) => entry,
@@ -149,12 +205,18 @@ impl Scanner {
                 let rel = entry.path().as_os_str().as_bytes()[base_len..]
                     .strip_prefix(b"/")
                     .unwrap_or_default();
-                if rel.is_empty() || is_reserved(rel) {
+                if is_reserved(rel) {
                     return WalkState::Continue;
                 }
-                match visit(root, entry.path(), rel, previous) {
+                if entry.depth() == 0 {
+                    return match self.enter_dir(entry.path()) {
+                        Ok(()) => WalkState::Continue,
+                        Err(e) => stop_on(failure, Some(e)),
+                    };
+                }
+                match self.visit(entry.path(), rel) {
                     Ok(item) => {
-                        progress.fetch_add(1, Ordering::Relaxed);
+                        self.progress.fetch_add(1, Ordering::Relaxed);
                         batch.push((rel.to_vec(), item));
                         WalkState::Continue
                     }
@@ -166,6 +228,63 @@ impl Scanner {
             return Err(e);
         }
         Ok(items.into_inner().unwrap())
+    }
+
+    fn enter_dir(&self, path: &Path) -> Result<(), Error> {
+        self.on_dir.map_or(Ok(()), |hook| hook(path))
+    }
+
+    fn visit(&self, path: &Path, rel: &[u8]) -> Result<Item, Error> {
+        let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+        let ft = meta.file_type();
+        let previous = match self.fresh.contains(rel) {
+            true => None,
+            false => self.previous.and_then(|p| p.find(rel)),
+        };
+        if ft.is_dir() {
+            self.enter_dir(path)?;
+            return Ok(Item::Dir);
+        }
+        if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(|e| Error::io(path, e))?;
+            let target = target.into_os_string().into_vec().into_boxed_slice();
+            if let Some(Node::Symlink(old)) = previous {
+                if old.target == target {
+                    return Ok(Item::Symlink(old.clone()));
+                }
+            }
+            return Ok(Item::Symlink(Arc::new(Symlink::new(target))));
+        }
+        if ft.is_file() {
+            if let Some(Node::File(old)) = previous {
+                use std::os::unix::fs::PermissionsExt;
+                let exec = meta.permissions().mode() & 0o100 != 0;
+                if !old.racy && old.stamp == Stamp::of(&meta) && old.executable == exec {
+                    return Ok(Item::File(old.clone()));
+                }
+            }
+            let rel_path = Path::new(OsStr::from_bytes(rel));
+            let h = read::hash_file(self.root, rel_path, &meta)?;
+            return Ok(Item::File(Arc::new(File::new(
+                h.content,
+                h.executable,
+                h.stamp,
+                h.racy,
+            ))));
+        }
+        let kind = if ft.is_fifo() {
+            "a named pipe (fifo)"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device node"
+        } else {
+            "a special file"
+        };
+        Err(Error::UnsupportedFileType {
+            path: path.into(),
+            kind,
+        })
     }
 }
 
@@ -234,57 +353,13 @@ fn walk_error(e: ignore::Error) -> Option<Error> {
     }
 }
 
-fn visit(root: &Root, path: &Path, rel: &[u8], previous: Option<&Node>) -> Result<Item, Error> {
-    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        return Ok(Item::Dir);
-    }
-    if ft.is_symlink() {
-        let target = fs::read_link(path).map_err(|e| Error::io(path, e))?;
-        let target = target.into_os_string().into_vec().into_boxed_slice();
-        if let Some(Node::Symlink(old)) = previous.and_then(|p| p.find(rel)) {
-            if old.target == target {
-                return Ok(Item::Symlink(old.clone()));
-            }
-        }
-        return Ok(Item::Symlink(Arc::new(Symlink::new(target))));
-    }
-    if ft.is_file() {
-        if let Some(Node::File(old)) = previous.and_then(|p| p.find(rel)) {
-            use std::os::unix::fs::PermissionsExt;
-            let exec = meta.permissions().mode() & 0o100 != 0;
-            if !old.racy && old.stamp == Stamp::of(&meta) && old.executable == exec {
-                return Ok(Item::File(old.clone()));
-            }
-        }
-        let rel_path = Path::new(OsStr::from_bytes(rel));
-        let h = read::hash_file(root, rel_path, &meta)?;
-        return Ok(Item::File(Arc::new(File::new(
-            h.content,
-            h.executable,
-            h.stamp,
-            h.racy,
-        ))));
-    }
-    let kind = if ft.is_fifo() {
-        "a named pipe (fifo)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "a device node"
-    } else {
-        "a special file"
-    };
-    Err(Error::UnsupportedFileType {
-        path: path.into(),
-        kind,
-    })
-}
-
-/// Turns the walk's flat list into a tree, reusing every node of `previous` whose content is
-/// unchanged so that node identities carry over.
-fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, ScanStats) {
+/// Turns a walk's flat list into the tree at `base`, reusing every node of `previous` (the tree
+/// at the project root) whose content is unchanged, so that node identities carry over.
+pub(crate) fn assemble(
+    items: Vec<(Vec<u8>, Item)>,
+    base: &[u8],
+    previous: Option<&Node>,
+) -> (Node, ScanStats) {
     let mut stats = ScanStats::default();
     let mut children: HashMap<Vec<u8>, Vec<Entry>> = HashMap::new();
     let mut dirs: Vec<Vec<u8>> = Vec::new();
@@ -309,6 +384,7 @@ fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, Scan
                 stats.symlinks += 1;
                 Node::Symlink(s)
             }
+            Item::Node(n) => n,
         };
         children.entry(parent.to_vec()).or_default().push(Entry {
             name: name.into(),
@@ -317,7 +393,7 @@ fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, Scan
     }
     // Deepest first, so every directory's children are complete when it is built.
     dirs.sort_unstable_by_key(|d| std::cmp::Reverse(d.iter().filter(|&&b| b == b'/').count()));
-    dirs.push(Vec::new());
+    dirs.push(base.to_vec());
     let mut root = None;
     for rel in dirs {
         let dir = Dir::new(children.remove(&rel).unwrap_or_default());
@@ -325,7 +401,7 @@ fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, Scan
             Some(Node::Dir(old)) if old.hash == dir.hash => Node::Dir(old.clone()),
             _ => Node::Dir(Arc::new(dir)),
         };
-        if rel.is_empty() {
+        if rel == base {
             root = Some(node);
         } else {
             let (parent, name) = split(&rel);
@@ -335,10 +411,10 @@ fn assemble(items: Vec<(Vec<u8>, Item)>, previous: Option<&Node>) -> (Node, Scan
             });
         }
     }
-    (root.expect("root is always assembled"), stats)
+    (root.expect("the base is always assembled"), stats)
 }
 
-fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
         None => (&[], rel),

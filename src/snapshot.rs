@@ -28,6 +28,16 @@ impl Snapshot {
         }
     }
 
+    /// The same project and name with another tree.
+    pub(crate) fn with_tree(&self, tree: Node) -> Snapshot {
+        Snapshot {
+            tree,
+            name: self.name.clone(),
+            root: self.root.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
     /// The snapshot of one entry below this one (a `/`-separated relative path), named by its
     /// own hash: what a monorepo's package sees, untouched by edits elsewhere. `name` defaults
     /// to the entry's basename made valid.

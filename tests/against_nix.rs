@@ -12,8 +12,18 @@ use support::{chmod, write, Sandbox};
 /// Asserts srcstore's `--nix` values equal real Nix's for `dir` (named `source`).
 fn assert_same_as_nix(sb: &Sandbox, dir: &Path) {
     let j = sb.json(&["--nix", "--no-ignore", "--no-index", dir.to_str().unwrap()]);
-    assert_eq!(j["nar_hash"], support::nix_hash_path(dir), "{}", dir.display());
-    assert_eq!(j["store_path"], support::nix_store_add(dir), "{}", dir.display());
+    assert_eq!(
+        j["nar_hash"],
+        support::nix_hash_path(dir),
+        "{}",
+        dir.display()
+    );
+    assert_eq!(
+        j["store_path"],
+        support::nix_store_add(dir),
+        "{}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -21,8 +31,21 @@ fn odd_names_sort_and_encode_like_nix() {
     let sb = Sandbox::new();
     let d = sb.path("odd/source");
     for name in [
-        "new\nline", "tab\there", "sp ace", "-dash", "ä-nfc", "a\u{308}-nfd", "\u{1F600}",
-        "B", "a", "a-b", "a.b", "#", "~", ".hidden", "..dots",
+        "new\nline",
+        "tab\there",
+        "sp ace",
+        "-dash",
+        "ä-nfc",
+        "a\u{308}-nfd",
+        "\u{1F600}",
+        "B",
+        "a",
+        "a-b",
+        "a.b",
+        "#",
+        "~",
+        ".hidden",
+        "..dots",
     ] {
         write(&d.join(name), name.as_bytes());
     }
@@ -36,7 +59,9 @@ fn odd_names_sort_and_encode_like_nix() {
 fn sizes_around_multiples_of_eight_are_padded_like_nix() {
     let sb = Sandbox::new();
     let d = sb.path("sizes/source");
-    for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097, 65537] {
+    for n in [
+        0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097, 65537,
+    ] {
         write(&d.join(format!("f{n}")), vec![b'x'; n]);
         write(&d.join(format!("n{}", "y".repeat(n % 20))), b"name length");
         symlink("t".repeat(n % 30 + 1), d.join(format!("l{n}"))).unwrap();
@@ -76,9 +101,17 @@ fn modes_other_than_the_owner_exec_bit_are_ignored_like_nix() {
     assert_same_as_nix(&sb, &d);
     chmod(&d.join("private"), 0o644);
     chmod(&d.join("closed"), 0o755);
-    assert_eq!(sb.hash(&d), before, "non-exec mode bits must not change the hash");
+    assert_eq!(
+        sb.hash(&d),
+        before,
+        "non-exec mode bits must not change the hash"
+    );
     chmod(&d.join("exec-group-only"), 0o754);
-    assert_ne!(sb.hash(&d), before, "the owner exec bit must change the hash");
+    assert_ne!(
+        sb.hash(&d),
+        before,
+        "the owner exec bit must change the hash"
+    );
 }
 
 #[test]

@@ -33,7 +33,12 @@ fn project_with_ignore_rules(sb: &Sandbox) -> std::path::PathBuf {
     write(&p.join("sub/kept.txt"), "kept");
     write(&p.join(".srcstoreignore"), "secret/\n");
     write(&p.join("secret/key"), "k");
-    assert!(Command::new("git").args(["init", "-q"]).current_dir(&p).status().unwrap().success());
+    assert!(Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&p)
+        .status()
+        .unwrap()
+        .success());
     write(&p.join(".git/info/exclude"), "excluded.txt\n");
     write(&p.join("excluded.txt"), "x");
     write(&sb.home().join(".config/git/ignore"), "*.global\n");
@@ -48,14 +53,30 @@ fn the_default_filter_honours_every_ignore_source_and_leaves_out_dot_git() {
     // Kept: main.c, .gitignore, sub/.gitignore, sub/kept.txt, .srcstoreignore.
     assert_eq!(files(&sb, &p, &[]), 5);
     let before = sb.hash(&p);
-    for ignored in ["app.log", "build/out.o", "sub/local.txt", "secret/key", "excluded.txt", "editor.global", ".git/HEAD"] {
+    for ignored in [
+        "app.log",
+        "build/out.o",
+        "sub/local.txt",
+        "secret/key",
+        "excluded.txt",
+        "editor.global",
+        ".git/HEAD",
+    ] {
         write(&p.join(ignored), "edited");
-        assert_eq!(sb.hash(&p), before, "editing ignored {ignored} changed the hash");
+        assert_eq!(
+            sb.hash(&p),
+            before,
+            "editing ignored {ignored} changed the hash"
+        );
     }
     for kept in ["main.c", "sub/kept.txt"] {
         let prev = sb.hash(&p);
         write(&p.join(kept), format!("edited {kept}"));
-        assert_ne!(sb.hash(&p), prev, "editing kept {kept} did not change the hash");
+        assert_ne!(
+            sb.hash(&p),
+            prev,
+            "editing kept {kept} did not change the hash"
+        );
     }
 }
 
@@ -71,7 +92,11 @@ fn no_ignore_takes_every_file_like_nix_store_add() {
 }
 
 fn walkdir_count(p: &Path) -> u64 {
-    let out = Command::new("find").arg(p).args(["-type", "f"]).output().unwrap();
+    let out = Command::new("find")
+        .arg(p)
+        .args(["-type", "f"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().lines().count() as u64
 }
 
@@ -82,12 +107,23 @@ fn special_files_are_errors_unless_ignored() {
     write(&p.join("ok"), "ok");
     write(&p.join(".gitignore"), "ignored.fifo\n");
     let mkfifo = |name: &str| {
-        assert!(Command::new("mkfifo").arg(p.join(name)).status().unwrap().success());
+        assert!(Command::new("mkfifo")
+            .arg(p.join(name))
+            .status()
+            .unwrap()
+            .success());
     };
     mkfifo("ignored.fifo");
-    assert_eq!(files(&sb, &p, &["--no-index"]), 2, "an ignored fifo is skipped");
+    assert_eq!(
+        files(&sb, &p, &["--no-index"]),
+        2,
+        "an ignored fifo is skipped"
+    );
     let err = sb.fails(&["hash", "--no-ignore", p.to_str().unwrap()]);
-    assert!(err.contains("ignored.fifo") && err.contains("fifo"), "{err}");
+    assert!(
+        err.contains("ignored.fifo") && err.contains("fifo"),
+        "{err}"
+    );
 
     mkfifo("kept.fifo");
     let err = sb.fails(&["hash", p.to_str().unwrap()]);
@@ -99,7 +135,13 @@ fn special_files_are_errors_unless_ignored() {
     assert!(err.contains("sock") && err.contains("socket"), "{err}");
     fs::remove_file(p.join("sock")).unwrap();
 
-    if Command::new("mknod").arg(p.join("null")).args(["c", "1", "3"]).status().unwrap().success() {
+    if Command::new("mknod")
+        .arg(p.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap()
+        .success()
+    {
         let err = sb.fails(&["hash", p.to_str().unwrap()]);
         assert!(err.contains("null") && err.contains("device"), "{err}");
     }
@@ -111,7 +153,10 @@ fn a_path_that_is_not_a_directory_or_does_not_exist_is_named() {
     let sb = Sandbox::new();
     write(&sb.path("file"), "x");
     let err = sb.fails(&["hash", sb.path("file").to_str().unwrap()]);
-    assert!(err.contains("file") && err.contains("not a directory"), "{err}");
+    assert!(
+        err.contains("file") && err.contains("not a directory"),
+        "{err}"
+    );
     let err = sb.fails(&["hash", sb.path("missing").to_str().unwrap()]);
     assert!(err.contains("missing"), "{err}");
 }
@@ -124,7 +169,12 @@ fn a_name_nix_cannot_take_is_refused() {
         let err = sb.fails(&["hash", "--name", bad, sb.path("proj").to_str().unwrap()]);
         assert!(err.contains(bad), "{err}");
     }
-    let out = sb.ok(&["hash", "--name", "my-pkg", sb.path("proj").to_str().unwrap()]);
+    let out = sb.ok(&[
+        "hash",
+        "--name",
+        "my-pkg",
+        sb.path("proj").to_str().unwrap(),
+    ]);
     assert!(out.trim().ends_with("-my-pkg"));
     // A basename Nix cannot take is made valid rather than refused.
     write(&sb.path("my proj/f"), "x");
@@ -152,14 +202,20 @@ fn unreadable_files_and_directories_are_named() {
     support::chmod(&p.join("locked"), 0o600);
     let out = as_nobody(&sb, &["hash", "--no-index", p.to_str().unwrap()]);
     let err = support::stderr(&out);
-    assert!(!out.status.success() && err.contains("locked") && err.lines().count() == 1, "{err}");
+    assert!(
+        !out.status.success() && err.contains("locked") && err.lines().count() == 1,
+        "{err}"
+    );
     support::chmod(&p.join("locked"), 0o644);
 
     write(&p.join("closed/inner"), "x");
     support::chmod(&p.join("closed"), 0o700);
     let out = as_nobody(&sb, &["hash", "--no-index", p.to_str().unwrap()]);
     let err = support::stderr(&out);
-    assert!(!out.status.success() && err.contains("closed") && err.lines().count() == 1, "{err}");
+    assert!(
+        !out.status.success() && err.contains("closed") && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -182,8 +238,14 @@ fn a_file_that_keeps_changing_while_hashed_is_named_not_hashed() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let err = support::stderr(&out);
-    assert!(!out.status.success(), "a hash of a file being written was passed off as good");
-    assert!(err.contains("growing") && err.contains("changed while being hashed"), "{err}");
+    assert!(
+        !out.status.success(),
+        "a hash of a file being written was passed off as good"
+    );
+    assert!(
+        err.contains("growing") && err.contains("changed while being hashed"),
+        "{err}"
+    );
     assert!(index_files(&sb).is_empty());
 }
 
@@ -216,12 +278,20 @@ fn a_file_modified_no_earlier_than_the_index_was_written_is_hashed_again() {
     let p = sb.path("proj");
     write(&p.join("old"), "old");
     write(&p.join("future"), "future");
-    let t = Command::new("touch").args(["-d", "+1 hour"]).arg(p.join("future")).status().unwrap();
+    let t = Command::new("touch")
+        .args(["-d", "+1 hour"])
+        .arg(p.join("future"))
+        .status()
+        .unwrap();
     assert!(t.success());
     std::thread::sleep(std::time::Duration::from_millis(100));
     sb.json(&[p.to_str().unwrap()]);
     for _ in 0..2 {
-        assert_eq!(sb.json(&[p.to_str().unwrap()])["hashed"], 1, "only the racy file is re-hashed");
+        assert_eq!(
+            sb.json(&[p.to_str().unwrap()])["hashed"],
+            1,
+            "only the racy file is re-hashed"
+        );
     }
 }
 
@@ -234,7 +304,9 @@ fn a_damaged_index_is_reported_once_and_rebuilt() {
             b[i] ^= 0xff;
         }),
         ("corrupt", |b| b.truncate(b.len() / 2)),
-        ("version", |b| b[8..12].copy_from_slice(&99u32.to_le_bytes())),
+        ("version", |b| {
+            b[8..12].copy_from_slice(&99u32.to_le_bytes())
+        }),
         ("not a srcstore index", |b| *b = b"hello".to_vec()),
     ];
     for (what, damage) in damages {
@@ -253,11 +325,18 @@ fn a_damaged_index_is_reported_once_and_rebuilt() {
         assert!(out.status.success());
         let err = support::stderr(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(what) && err.contains(idx[0].to_str().unwrap()), "{err}");
+        assert!(
+            err.contains(what) && err.contains(idx[0].to_str().unwrap()),
+            "{err}"
+        );
         assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), good);
 
         let again = sb.run(&["hash", p.to_str().unwrap()]);
-        assert!(again.stderr.is_empty(), "reported twice: {}", support::stderr(&again));
+        assert!(
+            again.stderr.is_empty(),
+            "reported twice: {}",
+            support::stderr(&again)
+        );
         assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), good);
     }
 }
