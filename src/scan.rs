@@ -53,7 +53,8 @@ pub struct Scanner {
 
 /// Called for every directory a walk enters, before its entries are read (the live view adds
 /// its inotify watch there, so nothing created inside is missed).
-pub type DirHook = Arc<dyn Fn(&Path) -> Result<(), Error> + Send + Sync>;
+pub type DirHook = Arc<DirHookFn>;
+pub type DirHookFn = dyn Fn(&Path) -> Result<(), Error> + Send + Sync;
 
 pub(crate) enum Item {
     Dir,
@@ -139,7 +140,7 @@ pub(crate) struct Walk<'a> {
     /// Paths whose previous nodes must not be trusted at all (an event named them).
     fresh: &'a HashSet<Vec<u8>>,
     progress: &'a AtomicU64,
-    on_dir: Option<&'a (dyn Fn(&Path) -> Result<(), Error> + Send + Sync)>,
+    on_dir: Option<&'a DirHookFn>,
 }
 
 impl<'a> Walk<'a> {
