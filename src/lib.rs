@@ -14,8 +14,10 @@
 //! # Ok::<(), srcstore::Error>(())
 //! ```
 
+pub mod control;
 mod error;
 pub mod index;
+pub mod live;
 pub mod name;
 pub mod nar;
 pub mod nixhash;
@@ -24,6 +26,7 @@ mod scan;
 mod snapshot;
 pub mod tree;
 mod update;
+pub mod verify;
 
 pub use error::Error;
 pub use scan::{DirHook, Filter, ScanStats, Scanner};

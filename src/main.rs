@@ -21,21 +21,36 @@ struct Cli {
 enum Command {
     /// Print the content hash of a directory as `<hash>-<name>`.
     Hash(cmd::hash::Args),
+    /// Serve the project's snapshots read-only at <mountpoint>/<hash>-<name>, kept current.
+    Mount(cmd::mount::Args),
+    /// Print the path of the current snapshot (including every change made before the call).
+    Path(cmd::path::Args),
+    /// Show what the project's daemon serves and how it is doing.
+    Status(cmd::status::Args),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon reports what it serves; one-shot commands speak only when something is off.
+    let default_level = match cli.command {
+        Command::Mount(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SRCSTORE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
+        Command::Mount(args) => cmd::mount::run(args),
+        Command::Path(args) => cmd::path::run(args),
+        Command::Status(args) => cmd::status::run(args),
     };
     match result {
         Ok(code) => code,

@@ -108,8 +108,17 @@ fn hash_once(root: &Root, rel: &Path, expected: Option<Stamp>) -> Result<Option<
         content: *hasher.finalize().as_bytes(),
         stamp,
         executable: meta.permissions().mode() & 0o100 != 0,
-        racy: stamp.ctime_ns.max(stamp.mtime_ns) + RACY_WINDOW_NS >= start,
+        racy: racy_at(stamp, start),
     }))
+}
+
+fn racy_at(stamp: Stamp, hashed_at_ns: i64) -> bool {
+    stamp.ctime_ns.max(stamp.mtime_ns) + RACY_WINDOW_NS >= hashed_at_ns
+}
+
+/// Whether a stamp taken now could still hide a change made in the same timestamp tick.
+pub(crate) fn is_racy(stamp: Stamp) -> bool {
+    racy_at(stamp, now_ns())
 }
 
 /// Streams a reader to the end through a reused buffer large enough for BLAKE3's SIMD paths.

@@ -112,4 +112,8 @@ impl Snapshot {
     pub(crate) fn root(&self) -> &Root {
         &self.root
     }
+
+    pub(crate) fn root_arc(&self) -> Arc<Root> {
+        self.root.clone()
+    }
 }

@@ -1,1 +1,160 @@
-//! placeholder
+//! A read-only FUSE view of immutable, content-named trees.
+//!
+//! The crate knows nothing of how the trees are made: a [`Source`] lists the trees served at
+//! the mount's root (`<mountpoint>/<name>/`) and answers questions about their nodes. What this
+//! crate owns is the FUSE side: inode numbers, attributes, kernel cache policy and the
+//! read-only contract.
+//!
+//! Because a node stands for one content forever, the kernel is told to cache everything for
+//! good (entries, attributes, pages), and to send no `open`/`opendir` at all (zero-message
+//! opens): warm reads then cost what native reads cost. The price is that the daemon sees a
+//! read only on a page-cache miss, so [`Source::read`] must prove every byte it returns.
+
+mod attr;
+mod fs;
+mod inodes;
+
+use std::io;
+use std::path::Path;
+
+pub use fs::View;
+
+/// What a node is, as far as the view is concerned.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File { size: u64, executable: bool },
+    Symlink { len: u64 },
+}
+
+/// A tree served at the mount's root.
+pub struct Root<N> {
+    pub name: Vec<u8>,
+    pub node: N,
+    /// Where the node sits below the project directory; child paths are built from it and
+    /// handed back to [`Source::read`].
+    pub path: Vec<u8>,
+}
+
+/// The trees to serve.
+pub trait Source: Send + Sync + 'static {
+    type Node: Clone + Send + Sync + 'static;
+
+    /// The trees currently served, by name.
+    fn roots(&self) -> Vec<Root<Self::Node>>;
+    /// A stable identity: equal only for nodes with the same content at the same place,
+    /// never 0 or `u64::MAX`.
+    fn id(&self, node: &Self::Node) -> u64;
+    fn kind(&self, node: &Self::Node) -> Kind;
+    fn child(&self, dir: &Self::Node, name: &[u8]) -> Option<Self::Node>;
+    /// Calls `add` for the entries of `dir` from index `from` on, until it returns false.
+    fn list(&self, dir: &Self::Node, from: usize, add: &mut dyn FnMut(&[u8], &Self::Node) -> bool);
+    fn read_link(&self, node: &Self::Node) -> Vec<u8>;
+    /// Bytes of a file node found at `path`; an error means the bytes could not be proven to
+    /// be the node's, and the reader gets EIO.
+    fn read(
+        &self,
+        node: &Self::Node,
+        path: &[u8],
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Unproven>;
+}
+
+/// A read whose bytes could not be proven to be the node's (the reader gets EIO).
+#[derive(Debug)]
+pub struct Unproven;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Let other users (Nix build users) read the view; needs `user_allow_other` in
+    /// `/etc/fuse.conf` for a non-root mounter.
+    pub allow_other: bool,
+    pub threads: usize,
+    /// Shown as the mount's source in `/proc/mounts`.
+    pub fsname: String,
+    /// Owner presented for every entry.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A mounted view; [`Mounted::unmount`] (or drop) ends it.
+pub struct Mounted {
+    unmounter: fuser::SessionUnmounter,
+    notifier: fuser::Notifier,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+/// Mounts `source` read-only at `mountpoint` and serves it from background threads.
+/// `on_exit` runs when the session ends for any reason (including an external unmount).
+pub fn mount<S: Source>(
+    source: S,
+    mountpoint: &Path,
+    options: &Options,
+    on_exit: impl FnOnce() + Send + 'static,
+) -> io::Result<Mounted> {
+    use fuser::MountOption as M;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        M::RO,
+        M::NoDev,
+        M::NoSuid,
+        M::NoAtime,
+        M::DefaultPermissions,
+        M::FSName(options.fsname.clone()),
+        M::Subtype("srcstore".into()),
+    ];
+    if options.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let view = View::new(source, options.uid, options.gid);
+    let mut session = fuser::Session::new(view, mountpoint, &config)?;
+    let unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    let thread = std::thread::Builder::new()
+        .name("srcstore-fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            on_exit();
+            result
+        })?;
+    Ok(Mounted {
+        unmounter,
+        notifier,
+        thread: Some(thread),
+    })
+}
+
+impl Mounted {
+    /// Tells the kernel a name at the root is gone, so it is not served from its cache.
+    pub fn forget_root(&self, name: &[u8]) {
+        use std::os::unix::ffi::OsStrExt;
+        let _ = self
+            .notifier
+            .inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::from_bytes(name));
+    }
+
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let unmounted = self.unmounter.unmount();
+        let joined = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("FUSE thread panicked")));
+        unmounted.and(joined)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

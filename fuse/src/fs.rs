@@ -1,0 +1,202 @@
+//! The FUSE request handlers.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::attr::{self, FOREVER, ROOT_ENTRY};
+use crate::inodes::Inodes;
+use crate::{Kind, Source};
+
+/// A [`Source`] as a FUSE filesystem.
+pub struct View<S: Source> {
+    source: S,
+    inodes: Inodes<S::Node>,
+    uid: u32,
+    gid: u32,
+    /// The kernel agreed to send no open/opendir (so none are answered with ENOSYS otherwise).
+    zero_message_opens: AtomicBool,
+}
+
+impl<S: Source> View<S> {
+    pub fn new(source: S, uid: u32, gid: u32) -> Self {
+        View {
+            source,
+            inodes: Inodes::new(),
+            uid,
+            gid,
+            zero_message_opens: AtomicBool::new(false),
+        }
+    }
+
+    fn ino(&self, node: &S::Node) -> INodeNo {
+        INodeNo(self.source.id(node) + 1)
+    }
+
+    fn attr_of(&self, node: &S::Node) -> fuser::FileAttr {
+        attr::of(self.ino(node), self.source.kind(node), self.uid, self.gid)
+    }
+
+    fn root_attr(&self) -> fuser::FileAttr {
+        attr::of(INodeNo::ROOT, Kind::Dir, self.uid, self.gid)
+    }
+
+    /// Hands `node` (found at `path`) to the kernel.
+    fn enter(
+        &self,
+        node: &S::Node,
+        path: impl FnOnce() -> Arc<[u8]>,
+        ttl: std::time::Duration,
+        reply: ReplyEntry,
+    ) {
+        let attr = self.attr_of(node);
+        self.inodes.remember(attr.ino.0, node, path);
+        reply.entry(&ttl, &attr, Generation(0));
+    }
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Arc<[u8]> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    if !parent.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p.into()
+}
+
+impl<S: Source> Filesystem for View<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let zero = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        let ok = config.add_capabilities(zero).is_ok();
+        self.zero_message_opens.store(ok, Ordering::Relaxed);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.set_max_readahead(1 << 20);
+        tracing::debug!("zero-message opens: {ok}");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes();
+        if parent == INodeNo::ROOT {
+            return match self.source.roots().into_iter().find(|r| r.name == name) {
+                Some(r) => self.enter(&r.node, || r.path.into(), ROOT_ENTRY, reply),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let Some((dir, path)) = self.inodes.get(parent.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.source.child(&dir, name) {
+            Some(child) => self.enter(&child, || join(&path, name), FOREVER, reply),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino == INodeNo::ROOT {
+            return reply.attr(&std::time::Duration::ZERO, &self.root_attr());
+        }
+        match self.inodes.get(ino.0) {
+            Some((node, _)) => reply.attr(&FOREVER, &self.attr_of(&node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inodes.get(ino.0) {
+            Some((node, _)) => reply.data(&self.source.read_link(&node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_opens.load(Ordering::Relaxed) {
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_opens.load(Ordering::Relaxed) {
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.opened(FileHandle(0), FopenFlags::empty());
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some((node, path)) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.source.read(&node, &path, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(crate::Unproven) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
+        let dots = [(1, "."), (2, "..")];
+        for (off, name) in dots.into_iter().skip(offset.min(2) as usize) {
+            if reply.add(ino, off, fuser::FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let from = offset.saturating_sub(2) as usize;
+        if ino == INodeNo::ROOT {
+            for (i, r) in self.source.roots().into_iter().enumerate().skip(from) {
+                let kind = attr::file_type(self.source.kind(&r.node));
+                if reply.add(
+                    self.ino(&r.node),
+                    3 + i as u64,
+                    kind,
+                    OsStr::from_bytes(&r.name),
+                ) {
+                    break;
+                }
+            }
+            return reply.ok();
+        }
+        let Some((dir, _)) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let mut i = from;
+        self.source.list(&dir, from, &mut |name, node| {
+            let kind = attr::file_type(self.source.kind(node));
+            let full = reply.add(self.ino(node), 3 + i as u64, kind, OsStr::from_bytes(name));
+            i += 1;
+            !full
+        });
+        reply.ok();
+    }
+}

@@ -1,0 +1,41 @@
+//! Finding and talking to the daemon that serves a project, from the client side.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use srcstore::control::{self, Client, Request, Response};
+
+/// Sends one request to the daemon serving `dir` (or a parent of it).
+pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Response)> {
+    let start = match dir {
+        Some(d) => std::fs::canonicalize(d).with_context(|| d.display().to_string())?,
+        None => std::env::current_dir().context("current directory")?,
+    };
+    let runtime = control::runtime_dir();
+    let Some(project) = control::find_project(&runtime, &start) else {
+        bail!(
+            "{}: no srcstore daemon serves this directory or a parent; start one in the project with `srcstore mount --allow-other`",
+            start.display()
+        );
+    };
+    let socket = control::socket_path(&runtime, &project);
+    let mut client = Client::connect(&socket).with_context(|| {
+        format!(
+            "{}: its daemon is not running (stale socket {}); start it again with `srcstore mount`",
+            project.display(),
+            socket.display()
+        )
+    })?;
+    let response = client
+        .request(request)
+        .with_context(|| format!("{}: daemon did not answer", project.display()))?;
+    if !response.ok {
+        bail!(
+            "{}",
+            response
+                .error
+                .unwrap_or_else(|| "daemon refused the request".into())
+        );
+    }
+    Ok((project, response))
+}

@@ -1,0 +1,358 @@
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use srcstore::control::{self, Request, Response};
+use srcstore::live::{Config, Live, Stopped};
+use srcstore::{index, Filter};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The project directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Where to mount (default: /run/srcstore/<name>-<key> as root, else under $XDG_RUNTIME_DIR/srcstore).
+    #[arg(long)]
+    mountpoint: Option<PathBuf>,
+    /// Let other users read the view; Nix build users need it.
+    #[arg(long)]
+    allow_other: bool,
+    /// The name after `<hash>-` (default: the directory's basename, made valid for Nix).
+    #[arg(long)]
+    name: Option<String>,
+    /// Take every file, exactly what `nix-store --add DIR` would take.
+    #[arg(long)]
+    no_ignore: bool,
+    /// How many superseded snapshots stay served (besides pinned ones).
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
+    /// How long a burst of changes must go quiet before it becomes a snapshot, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    settle_ms: u64,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+enum Stop {
+    Signal,
+    Unmounted,
+    Live(Stopped),
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = fs::canonicalize(&args.dir).with_context(|| args.dir.display().to_string())?;
+    if !dir.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    let filter = if args.no_ignore {
+        Filter::All
+    } else {
+        Filter::Ignore
+    };
+    let name = match &args.name {
+        Some(n) => {
+            srcstore::name::validate(n)?;
+            n.clone()
+        }
+        None => {
+            srcstore::name::from_basename(&dir.file_name().unwrap_or_default().to_string_lossy())
+        }
+    };
+    let runtime = control::runtime_dir();
+    fs::create_dir_all(&runtime).with_context(|| runtime.display().to_string())?;
+    let mountpoint = match &args.mountpoint {
+        Some(m) => std::path::absolute(m)?,
+        None => control::default_mountpoint(&runtime, &dir, &name),
+    };
+    let _lock = DaemonLock::acquire(&control::lock_path(&runtime, &dir), &dir, &mountpoint)?;
+    check_allow_other(args.allow_other)?;
+    prepare_mountpoint(&mountpoint)?;
+
+    let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
+    let previous = index_path
+        .as_deref()
+        .and_then(|p| match index::load(p, &dir, filter) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("{e}; discarding it");
+                None
+            }
+        });
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let (live_tx, live_rx) = mpsc::channel();
+    let config = Config {
+        filter,
+        name: Some(name),
+        settle: Duration::from_millis(args.settle_ms),
+        keep: args.keep,
+    };
+    let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
+    forward(live_rx, stop_tx.clone(), Stop::Live);
+    save_index(index_path.as_deref(), &dir, filter, &live);
+
+    let socket = control::socket_path(&runtime, &dir);
+    let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
+    let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    let handler = handler(live.clone(), mountpoint.clone());
+    std::thread::Builder::new()
+        .name("srcstore-accept".into())
+        .spawn(move || control::serve(listener, handler))?;
+
+    let options = srcstore_fuse::Options {
+        allow_other: args.allow_other,
+        threads: args.threads,
+        fsname: format!("srcstore:{}", dir.display()),
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    };
+    let unmounted_tx = stop_tx.clone();
+    let mounted = srcstore_fuse::mount(
+        super::view::LiveView(live.clone()),
+        &mountpoint,
+        &options,
+        move || {
+            let _ = unmounted_tx.send(Stop::Unmounted);
+        },
+    )
+    .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let signal_tx = stop_tx.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = signal_tx.send(Stop::Signal);
+        }
+    });
+    tracing::info!(
+        "serving {}",
+        mountpoint.join(live.current().basename()).display()
+    );
+
+    // Until told to stop: expire leases and make the kernel forget names no longer served.
+    let mut served: HashSet<String> = HashSet::new();
+    let stop = loop {
+        match stop_rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(stop) => break stop,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                live.expire_pins();
+                let now: HashSet<String> = live.served().iter().map(|s| s.basename()).collect();
+                for gone in served.difference(&now) {
+                    mounted.forget_root(gone.as_bytes());
+                }
+                served = now;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::Signal,
+        }
+    };
+    let _ = fs::remove_file(&socket);
+    let code = match stop {
+        Stop::Signal | Stop::Unmounted => {
+            save_index(index_path.as_deref(), &dir, filter, &live);
+            ExitCode::SUCCESS
+        }
+        Stop::Live(Stopped::ProjectGone(p)) => {
+            eprintln!(
+                "srcstore: error: {}: the project directory was removed or moved; stopping",
+                p.display()
+            );
+            ExitCode::FAILURE
+        }
+        Stop::Live(Stopped::WatcherFailed(e)) => {
+            eprintln!("srcstore: error: {}: {e}; stopping", dir.display());
+            ExitCode::FAILURE
+        }
+    };
+    if let Err(e) = mounted.unmount() {
+        tracing::debug!("unmount: {e}");
+    }
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(code)
+}
+
+fn forward<T: Send + 'static>(rx: mpsc::Receiver<T>, tx: mpsc::Sender<Stop>, wrap: fn(T) -> Stop) {
+    std::thread::spawn(move || {
+        if let Ok(v) = rx.recv() {
+            let _ = tx.send(wrap(v));
+        }
+    });
+}
+
+fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
+    if let Some(p) = path {
+        if let Err(e) = index::save(p, dir, filter, live.current().tree()) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn handler(live: Arc<Live>, mountpoint: PathBuf) -> control::Handler {
+    Arc::new(move |request| match request {
+        Request::Path { sub: Some(_) } => {
+            Response::error("--sub is not supported by this daemon yet")
+        }
+        Request::Path { sub: None } => match live.sync(Duration::from_secs(10)) {
+            Ok(snapshot) => Response {
+                ok: true,
+                path: Some(mountpoint.join(snapshot.basename()).display().to_string()),
+                ..Default::default()
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::Status => Response {
+            ok: true,
+            status: Some(status(&live, &mountpoint)),
+            ..Default::default()
+        },
+        Request::Pin {
+            basename,
+            lease_secs,
+        } => match live.find(&basename) {
+            Some(s) => Response {
+                ok: true,
+                pin: Some(live.pin(s, lease_secs.map(Duration::from_secs))),
+                ..Default::default()
+            },
+            None => Response::error(format!("{basename}: not served by this daemon")),
+        },
+        Request::Unpin { id } => match live.unpin(id) {
+            true => Response {
+                ok: true,
+                ..Default::default()
+            },
+            false => Response::error(format!("no pin {id}")),
+        },
+    })
+}
+
+fn status(live: &Live, mountpoint: &Path) -> serde_json::Value {
+    let current = live.current();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    current.tree().visit(&mut |_, node| {
+        if let srcstore::tree::Node::File(f) = node {
+            files += 1;
+            bytes += f.size();
+        }
+    });
+    let c = live.counters();
+    serde_json::json!({
+        "project": live.dir().display().to_string(),
+        "pid": std::process::id(),
+        "mountpoint": mountpoint.display().to_string(),
+        "current": mountpoint.join(current.basename()).display().to_string(),
+        "snapshots": live.served().iter().map(|s| s.basename()).collect::<Vec<_>>(),
+        "pins": live.pins(),
+        "files": files,
+        "bytes": bytes,
+        "updates": c.updates,
+        "last_update_ms": c.last_update_us as f64 / 1000.0,
+        "rescans": c.rescans,
+        "stale_reads": c.stale_reads,
+        "torn_reads": c.torn_reads,
+        "rss_bytes": rss_bytes(),
+    })
+}
+
+fn rss_bytes() -> u64 {
+    let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
+/// One daemon per project: an exclusive `flock` held for the daemon's life, with the holder's
+/// pid and mountpoint written inside for the message a second daemon gives.
+struct DaemonLock(#[allow(dead_code)] fs::File);
+
+impl DaemonLock {
+    fn acquire(path: &Path, dir: &Path, mountpoint: &Path) -> anyhow::Result<DaemonLock> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| path.display().to_string())?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "{}: already served by another srcstore daemon ({}); stop it first",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(
+            file,
+            "pid {}, mounted at {}",
+            std::process::id(),
+            mountpoint.display()
+        )?;
+        Ok(DaemonLock(file))
+    }
+}
+
+/// A daemon killed with -9 leaves its mount behind, answering ENOTCONN: detach it.
+fn prepare_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    if let Err(e) = fs::metadata(mountpoint) {
+        if e.raw_os_error() == Some(libc_enotconn()) {
+            tracing::info!(
+                "{}: repairing the mount of a daemon that died",
+                mountpoint.display()
+            );
+            let status = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(mountpoint)
+                .status()
+                .context("running fusermount3 (install fuse3)")?;
+            if !status.success() {
+                bail!(
+                    "{}: stale mount could not be removed; run `fusermount3 -u -z {}`",
+                    mountpoint.display(),
+                    mountpoint.display()
+                );
+            }
+        }
+    }
+    fs::create_dir_all(mountpoint).with_context(|| mountpoint.display().to_string())?;
+    if fs::read_dir(mountpoint)?.next().is_some() {
+        bail!("{}: mountpoint is not empty", mountpoint.display());
+    }
+    Ok(())
+}
+
+fn libc_enotconn() -> i32 {
+    rustix::io::Errno::NOTCONN.raw_os_error()
+}
+
+fn check_allow_other(allow_other: bool) -> anyhow::Result<()> {
+    if !allow_other {
+        tracing::warn!("without --allow-other, Nix build users cannot read the view");
+        return Ok(());
+    }
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if !conf.lines().any(|l| l.trim() == "user_allow_other") {
+        bail!(
+            "/etc/fuse.conf: --allow-other needs a line `user_allow_other` there (add it as root)"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The daemon's control socket: how `srcstore path`, `status` and the Nix hook find and ask the
+//! daemon serving a project.
+//!
+//! One Unix socket per project, `<runtime>/<key>.sock`, where `<runtime>` is `/run/srcstore` for
+//! root and `$XDG_RUNTIME_DIR/srcstore` otherwise, and `<key>` is derived from the project's
+//! absolute path. The protocol is one JSON object per line each way; every request carries
+//! `"v": 1` and a daemon answers a version it does not speak with an error, never a guess.
+//! Only the daemon's own user and root may talk to it (checked with `SO_PEERCRED`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line a daemon reads; anything longer is refused.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The current snapshot, including every change made before the request.
+    Path {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
+    },
+    Status,
+    /// Keep a served snapshot until unpinned or the lease runs out.
+    Pin {
+        basename: String,
+        lease_secs: Option<u64>,
+    },
+    Unpin {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Where daemons of this user keep sockets, locks and default mountpoints.
+pub fn runtime_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/srcstore");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("srcstore"),
+        None => {
+            std::env::temp_dir().join(format!("srcstore-{}", rustix::process::geteuid().as_raw()))
+        }
+    }
+}
+
+fn key(project: &Path) -> String {
+    blake3::hash(project.as_os_str().as_bytes()).to_hex()[..24].to_string()
+}
+
+pub fn socket_path(runtime: &Path, project: &Path) -> PathBuf {
+    runtime.join(format!("{}.sock", key(project)))
+}
+
+pub fn lock_path(runtime: &Path, project: &Path) -> PathBuf {
+    runtime.join(format!("{}.lock", key(project)))
+}
+
+/// `<runtime>/<name>-<key>`: one mountpoint per project, readable by name.
+pub fn default_mountpoint(runtime: &Path, project: &Path, name: &str) -> PathBuf {
+    runtime.join(format!("{name}-{}", &key(project)[..8]))
+}
+
+/// The project directory served by a daemon, searching `start` and its ancestors.
+pub fn find_project(runtime: &Path, start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|dir| socket_path(runtime, dir).exists())
+        .map(Path::to_path_buf)
+}
+
+/// A connection to a daemon.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> std::io::Result<Client> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    pub fn request(&mut self, body: Request) -> std::io::Result<Response> {
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            body,
+        })?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "daemon closed the connection",
+            ));
+        }
+        serde_json::from_str(&answer).map_err(std::io::Error::other)
+    }
+}
+
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// Answers connections on `listener` from a thread each, until the listener is closed.
+pub fn serve(listener: UnixListener, handler: Handler) {
+    let me = rustix::process::geteuid().as_raw();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let handler = handler.clone();
+        let _ = std::thread::Builder::new()
+            .name("srcstore-control".into())
+            .spawn(move || {
+                if let Err(e) = converse(stream, me, &handler) {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+    }
+}
+
+fn converse(stream: UnixStream, me: u32, handler: &Handler) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+    if peer.uid.as_raw() != me && !peer.uid.is_root() {
+        let refusal = Response::error(format!(
+            "uid {} may not control this daemon",
+            peer.uid.as_raw()
+        ));
+        return write_response(&mut writer, &refusal);
+    }
+    let mut reader = BufReader::new(stream).take(MAX_LINE as u64 + 1);
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE {
+            return write_response(&mut writer, &Response::error("request too long"));
+        }
+        reader.set_limit(MAX_LINE as u64 + 1);
+        write_response(&mut writer, &answer(&line, handler))?;
+    }
+}
+
+/// Parses one request line and answers it; never panics on bad input.
+pub fn answer(line: &[u8], handler: &Handler) -> Response {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    match serde_json::from_slice::<Version>(line) {
+        Ok(Version {
+            v: PROTOCOL_VERSION,
+        }) => {}
+        Ok(Version { v }) => {
+            return Response::error(format!(
+                "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
+            ))
+        }
+        Err(e) => return Response::error(format!("bad request: {e}")),
+    }
+    match serde_json::from_slice::<Envelope<Request>>(line) {
+        Ok(req) => handler(req.body),
+        Err(e) => Response::error(format!("bad request: {e}")),
+    }
+}
+
+fn write_response(w: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo() -> Handler {
+        Arc::new(|req| Response {
+            ok: true,
+            path: Some(format!("{req:?}")),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn requests_are_versioned_and_malformed_ones_refused() {
+        let h = echo();
+        assert!(answer(br#"{"v":1,"op":"status"}"#, &h).ok);
+        assert!(answer(br#"{"v":1,"op":"path","sub":"pkg/foo"}"#, &h).ok);
+        let r = answer(br#"{"v":2,"op":"status"}"#, &h);
+        assert!(!r.ok && r.error.unwrap().contains("version 2"));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            br#"{"op":"status"}"#,
+            br#"{"v":1,"op":"nope"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(!answer(bad, &h).ok, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
