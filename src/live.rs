@@ -369,7 +369,10 @@ impl Updater {
                 };
             }
             if !changes.is_empty() {
-                self.apply(&changes, started);
+                if let Err(stop) = self.apply(&changes, started) {
+                    let _ = self.on_stop.send(stop);
+                    return;
+                }
             }
             if !cookies.is_empty() {
                 self.shared.cookies.lock().unwrap().extend(cookies);
@@ -430,7 +433,8 @@ impl Updater {
         Ok(())
     }
 
-    fn apply(&self, changes: &Changes, started: Instant) {
+    /// Makes the next snapshot; `Err` when the project directory itself is gone.
+    fn apply(&self, changes: &Changes, started: Instant) -> Result<(), Stopped> {
         let current = self.shared.state.read().unwrap().current.clone();
         let result = Scanner::new(&self.shared.dir, self.shared.config.filter)
             .on_dir(self.hook.clone())
@@ -449,6 +453,9 @@ impl Updater {
                     self.shared.publish(Event::Snapshot(name));
                 }
             }
+            Err(_) if !self.shared.dir.is_dir() => {
+                return Err(Stopped::ProjectGone(self.shared.dir.clone()))
+            }
             Err(e) => {
                 tracing::warn!("{e}");
                 state.error = Some(e.to_string());
@@ -458,5 +465,6 @@ impl Updater {
         c.updates.fetch_add(1, Ordering::Relaxed);
         c.last_update_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -143,3 +143,108 @@ pub fn shared() -> PathBuf {
     );
     p
 }
+
+/// A `srcstore mount` running for a test, stopped (SIGTERM) when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub mountpoint: PathBuf,
+    pub project: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(sb: &Sandbox, project: &Path, extra: &[&str]) -> Daemon {
+        let mountpoint = sb.path("mnt");
+        Daemon::start_at(sb, project, &mountpoint, extra)
+    }
+
+    pub fn start_at(sb: &Sandbox, project: &Path, mountpoint: &Path, extra: &[&str]) -> Daemon {
+        let log = sb.path(&format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = sb
+            .cmd()
+            .env("SRCSTORE_LOG", "info")
+            .arg("mount")
+            .arg("--allow-other")
+            .arg("--mountpoint")
+            .arg(mountpoint)
+            .args(extra)
+            .arg(project)
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            mountpoint: mountpoint.into(),
+            project: project.into(),
+            log,
+        };
+        d.wait_ready(sb);
+        d
+    }
+
+    fn wait_ready(&mut self, sb: &Sandbox) {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("daemon exited ({status}): {}", self.log_text());
+            }
+            let out = sb.run(&["path", self.project.to_str().unwrap()]);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("daemon did not become ready: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `srcstore path` for the project.
+    pub fn path(&self, sb: &Sandbox) -> PathBuf {
+        PathBuf::from(sb.ok(&["path", self.project.to_str().unwrap()]).trim())
+    }
+
+    pub fn status(&self, sb: &Sandbox) -> serde_json::Value {
+        serde_json::from_str(&sb.ok(&["status", "--json", self.project.to_str().unwrap()])).unwrap()
+    }
+
+    /// Waits up to `secs` for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        for _ in 0..secs * 20 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Sends `signal` and waits for the daemon to exit.
+    pub fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            self.stop_with("-TERM");
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mountpoint)
+            .output();
+    }
+}

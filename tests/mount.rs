@@ -1,0 +1,344 @@
+//! The live mount, on a real FUSE mount: naming, integrity, read-only contract, and faults.
+
+mod support;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use support::{write, Daemon, Sandbox};
+
+fn project(sb: &Sandbox) -> std::path::PathBuf {
+    let p = sb.path("proj");
+    write(&p.join("src/main.c"), "int main(void) { return 0; }\n");
+    write(&p.join("run.sh"), "#!/bin/sh\necho hi\n");
+    support::chmod(&p.join("run.sh"), 0o755);
+    write(&p.join(".gitignore"), "*.o\n");
+    write(&p.join("build.o"), "object");
+    std::os::unix::fs::symlink("src/main.c", p.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", p.join("abs")).unwrap();
+    p
+}
+
+#[test]
+fn the_mount_serves_the_snapshot_that_hash_names() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let path = d.path(&sb);
+    assert_eq!(path.parent().unwrap(), d.mountpoint);
+    assert_eq!(path.file_name().unwrap().to_str().unwrap(), sb.hash(&p));
+    assert_eq!(
+        fs::read_to_string(path.join("src/main.c")).unwrap(),
+        "int main(void) { return 0; }\n"
+    );
+    assert!(
+        !path.join("build.o").exists(),
+        "ignored files stay out of the view"
+    );
+    // From any directory inside the project.
+    let out = sb
+        .cmd()
+        .arg("path")
+        .current_dir(p.join("src"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        path.to_str().unwrap()
+    );
+}
+
+#[test]
+fn entries_are_canonical_world_readable_and_links_stay_links() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    support::chmod(&p.join("src/main.c"), 0o600);
+    let d = Daemon::start(&sb, &p, &[]);
+    let path = d.path(&sb);
+    let mode = |rel: &str| {
+        fs::symlink_metadata(path.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("src/main.c"), 0o444);
+    assert_eq!(mode("run.sh"), 0o555);
+    assert_eq!(mode("src"), 0o555);
+    let meta = fs::symlink_metadata(path.join("src/main.c")).unwrap();
+    assert_eq!(meta.mtime(), 1);
+    assert_eq!(meta.uid(), 0);
+    assert!(fs::symlink_metadata(path.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read_link(path.join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(path.join("link")).unwrap(),
+        Path::new("src/main.c")
+    );
+}
+
+#[test]
+fn every_kind_of_write_is_refused_with_erofs() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let path = d.path(&sb);
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(30), "{what}: {e}"); // EROFS
+    };
+    erofs(fs::write(path.join("src/main.c"), "x").map(|_| ()), "write");
+    erofs(fs::write(path.join("new"), "x").map(|_| ()), "create");
+    erofs(fs::create_dir(path.join("dir")), "mkdir");
+    erofs(
+        fs::rename(path.join("run.sh"), path.join("moved")),
+        "rename",
+    );
+    erofs(fs::remove_file(path.join("run.sh")), "unlink");
+    erofs(
+        fs::set_permissions(path.join("run.sh"), fs::Permissions::from_mode(0o777)),
+        "chmod",
+    );
+    erofs(
+        rustix::fs::setxattr(
+            &path.join("run.sh"),
+            "user.x",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(Into::into),
+        "setxattr",
+    );
+    erofs(
+        fs::write(d.mountpoint.join("new-root-entry"), "x").map(|_| ()),
+        "create at the root",
+    );
+    assert_eq!(
+        fs::read_to_string(p.join("run.sh")).unwrap(),
+        "#!/bin/sh\necho hi\n"
+    );
+}
+
+#[test]
+fn an_edit_gives_a_new_path_and_an_old_path_never_yields_new_bytes() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let first = d.path(&sb);
+    write(&p.join("src/main.c"), "int main(void) { return 1; }\n");
+    let second = d.path(&sb);
+    assert_ne!(first, second);
+    assert_eq!(
+        fs::read_to_string(second.join("src/main.c")).unwrap(),
+        "int main(void) { return 1; }\n"
+    );
+    // The older snapshot is still served, but its changed file cannot be read as it was.
+    let e = fs::read(first.join("src/main.c")).expect_err("an old name yielded new bytes");
+    assert_eq!(e.raw_os_error(), Some(5), "{e}"); // EIO
+    assert_eq!(
+        fs::read_to_string(first.join("run.sh")).unwrap(),
+        "#!/bin/sh\necho hi\n"
+    );
+    assert!(d.status(&sb)["stale_reads"].as_u64().unwrap() >= 1);
+    // Putting the old content back makes the old name current and readable again.
+    write(&p.join("src/main.c"), "int main(void) { return 0; }\n");
+    assert_eq!(d.path(&sb), first);
+    assert_eq!(
+        fs::read_to_string(first.join("src/main.c")).unwrap(),
+        "int main(void) { return 0; }\n"
+    );
+}
+
+#[test]
+fn every_change_made_before_path_is_in_its_answer() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &["--settle-ms", "200"]);
+    for i in 0..20 {
+        write(&p.join(format!("gen/f{}", i % 3)), format!("{i}"));
+        let path = d.path(&sb);
+        assert_eq!(
+            fs::read_to_string(path.join(format!("gen/f{}", i % 3))).unwrap(),
+            i.to_string()
+        );
+        assert_eq!(path.file_name().unwrap().to_str().unwrap(), sb.hash(&p));
+    }
+}
+
+#[test]
+fn a_read_racing_an_edit_never_returns_mixed_bytes() {
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    let original: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    write(&p.join("big"), &original);
+    let d = Daemon::start(&sb, &p, &[]);
+    let path = d.path(&sb);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editor = {
+        let (stop, file) = (stop.clone(), p.join("big"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(file).unwrap();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_at(&[0xAA; 4096], (i * 4096 * 7) % (8 << 20))
+                    .unwrap();
+                i += 1;
+            }
+        })
+    };
+    let (mut whole, mut failed) = (0, 0);
+    for _ in 0..20 {
+        // Drop the page cache so each pass reaches the daemon.
+        fs::write("/proc/sys/vm/drop_caches", "1").ok();
+        match fs::read(path.join("big")) {
+            Ok(bytes) => {
+                assert!(
+                    bytes == original,
+                    "a read returned bytes that are not the snapshot's"
+                );
+                whole += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    editor.join().unwrap();
+    assert!(
+        failed > 0,
+        "the edits were never noticed ({whole} clean reads)"
+    );
+    let s = d.status(&sb);
+    assert!(s["stale_reads"].as_u64().unwrap() + s["torn_reads"].as_u64().unwrap() >= failed);
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_and_exit_zero() {
+    for signal in ["-TERM", "-INT"] {
+        let sb = Sandbox::new();
+        let p = project(&sb);
+        let mut d = Daemon::start(&sb, &p, &[]);
+        let status = d.stop_with(signal);
+        assert!(status.success(), "{signal}: {status}");
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        assert!(
+            !mounts.contains(d.mountpoint.to_str().unwrap()),
+            "{signal}: still mounted"
+        );
+        let err = sb.fails(&["path", p.to_str().unwrap()]);
+        assert!(err.contains("srcstore mount"), "{err}");
+    }
+}
+
+#[test]
+fn a_daemon_killed_hard_is_repaired_by_the_next_mount() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let mut d = Daemon::start(&sb, &p, &[]);
+    let first = d.path(&sb);
+    d.stop_with("-KILL");
+    let e = fs::metadata(&first).expect_err("a dead daemon's mount answered");
+    assert_eq!(e.raw_os_error(), Some(107), "{e}"); // ENOTCONN
+    let err = sb.fails(&["path", p.to_str().unwrap()]);
+    assert!(err.contains("srcstore mount"), "{err}");
+    let again = Daemon::start(&sb, &p, &[]);
+    assert_eq!(again.path(&sb), first);
+    assert!(first.join("src/main.c").exists());
+}
+
+#[test]
+fn a_second_daemon_for_the_same_project_refuses_and_names_the_first() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let out = sb
+        .cmd()
+        .args(["mount", "--mountpoint"])
+        .arg(sb.path("other-mnt"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(err.contains(&format!("pid {}", d.child.id())), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn the_project_directory_removed_stops_the_daemon_with_a_clear_message() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let mut d = Daemon::start(&sb, &p, &[]);
+    fs::remove_dir_all(&p).unwrap();
+    let status = d
+        .wait_exit(10)
+        .expect("the daemon kept running without its project");
+    assert!(!status.success());
+    let log = d.log_text();
+    assert!(
+        log.contains("removed or moved") && log.contains(p.to_str().unwrap()),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_control_socket_answers_only_its_owner_and_root() {
+    let sb = Sandbox::new();
+    support::chmod(sb.dir.path(), 0o755);
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(support::srcstore_bin())
+        .args(["path", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another user reached the daemon");
+    assert!(d.child.id() > 0);
+}
+
+#[test]
+fn churn_ends_in_the_snapshot_of_what_is_on_disk() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    // A storm like a git checkout: many files and dirs created, rewritten, moved and removed.
+    for round in 0..5 {
+        if p.join("storm/d4").is_file() {
+            fs::remove_file(p.join("storm/d4")).unwrap();
+        }
+        for i in 0..200 {
+            write(
+                &p.join(format!("storm/d{}/f{i}", i % 10)),
+                format!("{round}-{i}"),
+            );
+        }
+        if round % 2 == 1 {
+            fs::rename(p.join("storm/d1"), p.join(format!("storm/moved{round}"))).unwrap();
+            fs::remove_dir_all(p.join("storm/d2")).unwrap();
+            fs::remove_file(p.join("storm/d3/f3")).unwrap();
+            // A directory replaced by a file.
+            fs::remove_dir_all(p.join("storm/d4")).unwrap();
+            write(&p.join("storm/d4"), "now a file");
+        }
+    }
+    let path = d.path(&sb);
+    assert_eq!(path.file_name().unwrap().to_str().unwrap(), sb.hash(&p));
+    let err = fs::read(path.join("missing")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
