@@ -109,7 +109,7 @@ fn every_kind_of_write_is_refused_with_erofs() {
     );
     erofs(
         rustix::fs::setxattr(
-            &path.join("run.sh"),
+            path.join("run.sh"),
             "user.x",
             b"1",
             rustix::fs::XattrFlags::empty(),
