@@ -36,10 +36,13 @@ pub enum Request {
         sub: Option<String>,
     },
     Status,
-    /// Keep a served snapshot until unpinned or the lease runs out.
+    /// Keep a served snapshot until unpinned, the lease runs out, or `until_gone` (a path)
+    /// no longer exists.
     Pin {
         basename: String,
         lease_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_gone: Option<String>,
     },
     Unpin {
         id: u64,

@@ -20,6 +20,7 @@ pub mod index;
 pub mod live;
 pub mod name;
 pub mod nar;
+pub mod nix;
 pub mod nixhash;
 mod read;
 mod scan;

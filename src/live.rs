@@ -73,6 +73,8 @@ struct State {
     /// Superseded snapshots, newest first.
     kept: VecDeque<Snapshot>,
     pins: HashMap<u64, Pin>,
+    /// Subdirectories served as snapshots of their own (`srcstore path --sub`).
+    subtrees: std::collections::BTreeSet<Vec<u8>>,
     /// Why the newest changes could not be made into a snapshot (a fifo appeared, …).
     error: Option<String>,
 }
@@ -80,6 +82,8 @@ struct State {
 struct Pin {
     snapshot: Snapshot,
     expires: Option<Instant>,
+    /// Released as soon as this path is gone (the chroot of the build it serves).
+    until_gone: Option<PathBuf>,
 }
 
 struct Shared {
@@ -135,6 +139,7 @@ impl Live {
                 current: snapshot,
                 kept: VecDeque::new(),
                 pins: HashMap::new(),
+                subtrees: Default::default(),
                 error: None,
             }),
             config,
@@ -202,11 +207,44 @@ impl Live {
         }
     }
 
-    /// Every snapshot being served: the current one, the kept ones, the pinned ones.
+    /// The current snapshot of a subdirectory (a `/`-separated path below the project root),
+    /// named by its own hash and served from now on, for this and every later snapshot.
+    pub fn sync_subtree(&self, rel: &str, timeout: Duration) -> Result<Snapshot, String> {
+        let rel = rel.trim_matches('/').as_bytes().to_vec();
+        let whole = self.sync(timeout)?;
+        match whole.subtree(&rel, None) {
+            Ok(Some(sub)) if matches!(sub.tree(), crate::tree::Node::Dir(_)) => {
+                self.shared.state.write().unwrap().subtrees.insert(rel);
+                Ok(sub)
+            }
+            Ok(_) => Err(format!(
+                "{}: not a directory of the snapshot (missing, ignored, or not a directory)",
+                self.shared
+                    .dir
+                    .join(std::ffi::OsStr::from_bytes(&rel))
+                    .display()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Every snapshot being served: the current one, the kept ones, their registered subtrees,
+    /// and the pinned ones.
     pub fn served(&self) -> Vec<Snapshot> {
         let state = self.shared.state.read().unwrap();
         let mut all = vec![state.current.clone()];
         all.extend(state.kept.iter().cloned());
+        let subtrees: Vec<Snapshot> = all
+            .iter()
+            .flat_map(|s| {
+                state
+                    .subtrees
+                    .iter()
+                    .filter_map(|rel| s.subtree(rel, None).ok().flatten())
+            })
+            .filter(|s| matches!(s.tree(), crate::tree::Node::Dir(_)))
+            .collect();
+        all.extend(subtrees);
         all.extend(state.pins.values().map(|p| p.snapshot.clone()));
         let mut seen = std::collections::HashSet::new();
         all.retain(|s| seen.insert(s.basename()));
@@ -218,12 +256,19 @@ impl Live {
         self.served().into_iter().find(|s| s.basename() == basename)
     }
 
-    /// Keeps `snapshot` served until [`Live::unpin`] or, with a lease, until it runs out.
-    pub fn pin(&self, snapshot: Snapshot, lease: Option<Duration>) -> u64 {
+    /// Keeps `snapshot` served until [`Live::unpin`], until `until_gone` no longer exists, or,
+    /// with a lease, until it runs out.
+    pub fn pin(
+        &self,
+        snapshot: Snapshot,
+        lease: Option<Duration>,
+        until_gone: Option<PathBuf>,
+    ) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let pin = Pin {
             snapshot,
             expires: lease.map(|l| Instant::now() + l),
+            until_gone,
         };
         self.shared.state.write().unwrap().pins.insert(id, pin);
         id
@@ -239,15 +284,12 @@ impl Live {
             .is_some()
     }
 
-    /// Drops pins whose lease ran out.
+    /// Drops pins whose lease ran out or whose build is over.
     pub fn expire_pins(&self) {
         let now = Instant::now();
-        self.shared
-            .state
-            .write()
-            .unwrap()
-            .pins
-            .retain(|_, p| p.expires.is_none_or(|e| e > now));
+        self.shared.state.write().unwrap().pins.retain(|_, p| {
+            p.expires.is_none_or(|e| e > now) && p.until_gone.as_deref().is_none_or(Path::exists)
+        });
     }
 
     pub fn pins(&self) -> usize {

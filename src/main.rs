@@ -27,6 +27,9 @@ enum Command {
     Path(cmd::path::Args),
     /// Show what the project's daemon serves and how it is doing.
     Status(cmd::status::Args),
+    /// Nix integration: the pre-build hook and the nix.conf setup.
+    #[command(subcommand)]
+    Nix(cmd::nix::Nix),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => cmd::mount::run(args),
         Command::Path(args) => cmd::path::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Nix(cmd) => cmd::nix::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -110,7 +110,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = srcstore_fuse::Options {
         allow_other: args.allow_other,
         threads: args.threads,
-        fsname: format!("srcstore:{}", dir.display()),
+        // The hook finds daemons in the mount table by this: see srcstore::nix::hook.
+        fsname: format!("srcstore:{}", socket.display()),
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
     };
@@ -196,12 +197,15 @@ fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
     }
 }
 
+/// How long `path` waits for the watcher to see its cookie.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn handler(live: Arc<Live>, mountpoint: PathBuf) -> control::Handler {
     Arc::new(move |request| match request {
-        Request::Path { sub: Some(_) } => {
-            Response::error("--sub is not supported by this daemon yet")
-        }
-        Request::Path { sub: None } => match live.sync(Duration::from_secs(10)) {
+        Request::Path { sub } => match match sub {
+            Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
+            None => live.sync(SYNC_TIMEOUT),
+        } {
             Ok(snapshot) => Response {
                 ok: true,
                 path: Some(mountpoint.join(snapshot.basename()).display().to_string()),
@@ -217,13 +221,18 @@ fn handler(live: Arc<Live>, mountpoint: PathBuf) -> control::Handler {
         Request::Pin {
             basename,
             lease_secs,
+            until_gone,
         } => match live.find(&basename) {
             Some(s) => Response {
                 ok: true,
-                pin: Some(live.pin(s, lease_secs.map(Duration::from_secs))),
+                pin: Some(live.pin(
+                    s,
+                    lease_secs.map(Duration::from_secs),
+                    until_gone.map(PathBuf::from),
+                )),
                 ..Default::default()
             },
-            None => Response::error(format!("{basename}: not served by this daemon")),
+            None => Response::error("superseded by newer edits and not pinned"),
         },
         Request::Unpin { id } => match live.unpin(id) {
             true => Response {

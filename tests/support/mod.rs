@@ -248,3 +248,103 @@ impl Drop for Daemon {
             .output();
     }
 }
+
+/// A busybox builder in the store (`<path>/bin/sh` and an applet per command), made once.
+pub fn busybox_store_path() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("busybox/bin");
+        fs::create_dir_all(&bin).unwrap();
+        let busybox = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v busybox"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
+        let list = Command::new(bin.join("busybox"))
+            .arg("--list")
+            .output()
+            .unwrap()
+            .stdout;
+        for applet in String::from_utf8(list)
+            .unwrap()
+            .lines()
+            .filter(|a| *a != "busybox")
+        {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let out = Command::new("nix-store")
+            .arg("--add")
+            .arg(dir.path().join("busybox"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nix-store --add busybox: {}",
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .clone()
+}
+
+/// A sandboxed nix-build with srcstore's hook, as a user's nix.conf would run it.
+pub struct NixBuild<'a> {
+    pub sb: &'a Sandbox,
+    pub expr: PathBuf,
+    pub hook: PathBuf,
+}
+
+impl<'a> NixBuild<'a> {
+    /// `script` runs in a busybox shell with `$src` and `$out`; the expression takes `src`.
+    pub fn new(sb: &'a Sandbox, name: &str, script: &str) -> Self {
+        let bb = busybox_store_path();
+        let expr = sb.path(&format!("{name}.nix"));
+        let script = script
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace("${", "\\${");
+        fs::write(
+            &expr,
+            format!(
+                "{{ src }}: let bb = builtins.storePath \"{bb}\"; in derivation {{ name = \"{name}\"; \
+                 system = builtins.currentSystem; builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; \
+                 inherit src; args = [ \"-c\" \"{script}\" ]; }}"
+            ),
+        )
+        .unwrap();
+        let hook = sb.path("hook");
+        fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\nexec {} nix hook \"$@\"\n",
+                srcstore_bin().display()
+            ),
+        )
+        .unwrap();
+        chmod(&hook, 0o755);
+        NixBuild { sb, expr, hook }
+    }
+
+    /// Builds with `src`; the output path and everything Nix printed.
+    pub fn build(&self, src: &str) -> (Option<PathBuf>, String) {
+        let out = Command::new("nix-build")
+            .args(["--no-out-link", "--option", "pre-build-hook"])
+            .arg(&self.hook)
+            .arg(&self.expr)
+            .args(["--argstr", "src", src])
+            .env("HOME", self.sb.home())
+            .output()
+            .unwrap();
+        let log = stderr(&out);
+        let path = out
+            .status
+            .success()
+            .then(|| PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()));
+        (path, log)
+    }
+}

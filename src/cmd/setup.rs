@@ -1,0 +1,218 @@
+//! `srcstore nix setup`: check and explain what Nix needs, change it only with `--apply`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use srcstore::nix::conf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Make the changes (idempotent; nix.conf is replaced atomically, never half-written).
+    #[arg(long, conflicts_with = "undo")]
+    apply: bool,
+    /// Take back exactly what --apply added.
+    #[arg(long)]
+    undo: bool,
+    /// The FUSE configuration file to check.
+    #[arg(long, default_value = "/etc/fuse.conf", hide = true)]
+    fuse_conf: PathBuf,
+}
+
+const WRAPPER_NAME: &str = "srcstore-pre-build-hook";
+const FUSE_MARK: &str =
+    "# added by `srcstore nix setup --apply` for `srcstore mount --allow-other`";
+
+struct Plan {
+    lines: Vec<String>,
+    settings: Vec<String>,
+    wrapper: String,
+    fuse_line_needed: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let conf_dir =
+        std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+    let nix_conf = conf_dir.join("nix.conf");
+    let wrapper_path = conf_dir.join(WRAPPER_NAME);
+    let text = match fs::read_to_string(&nix_conf) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && conf_dir.is_dir() => String::new(),
+        Err(e) => return Err(e).with_context(|| nix_conf.display().to_string()),
+    };
+    let fuse = fs::read_to_string(&args.fuse_conf).unwrap_or_default();
+    if args.undo {
+        return undo(&nix_conf, &text, &wrapper_path, &args.fuse_conf, &fuse);
+    }
+    let plan = plan(&text, &wrapper_path, &fuse)?;
+    let new_text = conf::with_block(&text, &plan.settings);
+    let wrapper_current = fs::read_to_string(&wrapper_path).ok();
+    let unchanged = new_text == text
+        && wrapper_current.as_deref() == Some(&plan.wrapper)
+        && !plan.fuse_line_needed;
+    for line in &plan.lines {
+        match line.strip_prefix("change  ") {
+            Some(rest) if unchanged => println!("ok      {rest}"),
+            _ => println!("{line}"),
+        }
+    }
+    if unchanged {
+        println!("nothing to change");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.apply {
+        println!("run `srcstore nix setup --apply` (as root) to make these changes");
+        return Ok(ExitCode::SUCCESS);
+    }
+    write_atomically(&wrapper_path, plan.wrapper.as_bytes(), 0o755)?;
+    if new_text != text {
+        write_atomically(&nix_conf, new_text.as_bytes(), mode_of(&nix_conf, 0o644))?;
+    }
+    if plan.fuse_line_needed {
+        let mut f = fuse.clone();
+        if !f.is_empty() && !f.ends_with('\n') {
+            f.push('\n');
+        }
+        f.push_str(&format!("{FUSE_MARK}\nuser_allow_other\n"));
+        write_atomically(
+            &args.fuse_conf,
+            f.as_bytes(),
+            mode_of(&args.fuse_conf, 0o644),
+        )?;
+    }
+    println!("applied: {}", nix_conf.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
+    let mut lines = Vec::new();
+    let mut settings = Vec::new();
+    match conf::setting(text, "sandbox").as_deref() {
+        Some("true") | Some("relaxed") => {
+            lines.push("ok      sandbox is on (the hook only runs for sandboxed builds)".into())
+        }
+        other => {
+            lines.push(format!(
+                "change  sandbox = true (now {}): Nix calls the pre-build hook only for sandboxed builds",
+                other.unwrap_or("unset, Debian's default is false")
+            ));
+            settings.push("sandbox = true".to_owned());
+        }
+    }
+    let me = std::env::current_exe().context("locating the srcstore binary")?;
+    let previous = conf::setting(text, "pre-build-hook")
+        .filter(|h| !h.is_empty() && Path::new(h) != wrapper_path);
+    let mut wrapper = format!(
+        "#!/bin/sh\n# Written by `srcstore nix setup --apply`; `srcstore nix setup --undo` removes it.\nexec {} nix hook",
+        shell_quote(&me.display().to_string())
+    );
+    if let Some(prev) = &previous {
+        wrapper.push_str(&format!(" --previous {}", shell_quote(prev)));
+        lines.push(format!(
+            "change  pre-build-hook = {} (now {prev}, which it keeps running): Nix allows one hook; srcstore's runs yours and merges its output",
+            wrapper_path.display()
+        ));
+    } else if conf::effective(text, "pre-build-hook").as_deref()
+        == Some(&wrapper_path.display().to_string())
+    {
+        lines.push(format!(
+            "ok      pre-build-hook = {}",
+            wrapper_path.display()
+        ));
+    } else {
+        lines.push(format!(
+            "change  pre-build-hook = {}: makes the snapshots a derivation names visible in its sandbox, and nothing for other builds",
+            wrapper_path.display()
+        ));
+    }
+    wrapper.push_str(" \"$@\"\n");
+    settings.push(format!("pre-build-hook = {}", wrapper_path.display()));
+    match conf::setting(text, "build-users-group").as_deref() {
+        Some("") => lines.push("note    build-users-group is empty: builds run as root, which reads views even without --allow-other".into()),
+        other => lines.push(format!(
+            "ok      build users ({}) read the view when `srcstore mount` has --allow-other",
+            other.unwrap_or("nixbld")
+        )),
+    }
+    let fuse_line_needed = !fuse.lines().any(|l| l.trim() == "user_allow_other");
+    if fuse_line_needed {
+        lines.push("change  user_allow_other in /etc/fuse.conf: lets a non-root `srcstore mount --allow-other` serve Nix's build users".into());
+    } else {
+        lines.push("ok      /etc/fuse.conf allows --allow-other".into());
+    }
+    if nix_daemon_running() {
+        lines.push("note    nix-daemon is running: restart it after --apply (systemctl restart nix-daemon) so it reads the change".into());
+    }
+    Ok(Plan {
+        lines,
+        settings,
+        wrapper,
+        fuse_line_needed,
+    })
+}
+
+fn undo(
+    nix_conf: &Path,
+    text: &str,
+    wrapper: &Path,
+    fuse_conf: &Path,
+    fuse: &str,
+) -> anyhow::Result<ExitCode> {
+    let restored = conf::remove_block(text);
+    if restored != text {
+        write_atomically(nix_conf, restored.as_bytes(), mode_of(nix_conf, 0o644))?;
+        println!("removed srcstore's block from {}", nix_conf.display());
+    }
+    match fs::remove_file(wrapper) {
+        Ok(()) => println!("removed {}", wrapper.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| wrapper.display().to_string()),
+    }
+    let marked = format!("{FUSE_MARK}\nuser_allow_other\n");
+    if let Some(i) = fuse.find(&marked) {
+        let restored = format!("{}{}", &fuse[..i], &fuse[i + marked.len()..]);
+        write_atomically(fuse_conf, restored.as_bytes(), mode_of(fuse_conf, 0o644))?;
+        println!("removed user_allow_other from {}", fuse_conf.display());
+    }
+    println!("nothing of srcstore's is left in the Nix configuration");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mode_of(path: &Path, default: u32) -> u32 {
+    fs::metadata(path).map_or(default, |m| m.permissions().mode() & 0o7777)
+}
+
+/// Writes beside the target and renames over it: readers see the old file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.srcstore-tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| path.display().to_string())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn nix_daemon_running() -> bool {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "nix-daemon"))
+}

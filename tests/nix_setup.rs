@@ -1,0 +1,153 @@
+//! `srcstore nix setup`: explains, changes only with --apply, idempotent, and --undo restores
+//! the exact bytes.
+
+mod support;
+
+use std::fs;
+use std::process::Command;
+
+use support::{write, Sandbox};
+
+struct Conf {
+    dir: std::path::PathBuf,
+    fuse: std::path::PathBuf,
+}
+
+fn setup(sb: &Sandbox, c: &Conf, extra: &[&str]) -> std::process::Output {
+    sb.cmd()
+        .env("NIX_CONF_DIR", &c.dir)
+        .args(["nix", "setup", "--fuse-conf"])
+        .arg(&c.fuse)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn conf(sb: &Sandbox, nix_conf: &str, fuse_conf: &str) -> Conf {
+    let dir = sb.path("etc-nix");
+    write(&dir.join("nix.conf"), nix_conf);
+    let fuse = sb.path("fuse.conf");
+    write(&fuse, fuse_conf);
+    Conf { dir, fuse }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", support::stderr(o));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+const ORIGINAL: &str =
+    "sandbox = false\npre-build-hook = /opt/other-hook\nsubstituters =\n# no newline at the end";
+
+#[test]
+fn setup_explains_and_changes_nothing_without_apply() {
+    let sb = Sandbox::new();
+    let c = conf(&sb, ORIGINAL, "#mount_max = 1000\n");
+    let out = stdout(&setup(&sb, &c, &[]));
+    assert!(out.contains("change  sandbox = true"), "{out}");
+    assert!(
+        out.contains("change  pre-build-hook") && out.contains("/opt/other-hook"),
+        "{out}"
+    );
+    assert!(out.contains("user_allow_other"), "{out}");
+    assert!(out.contains("--apply"), "{out}");
+    assert_eq!(
+        fs::read_to_string(c.dir.join("nix.conf")).unwrap(),
+        ORIGINAL
+    );
+    assert!(!c.dir.join("srcstore-pre-build-hook").exists());
+}
+
+#[test]
+fn apply_is_idempotent_keeps_the_old_hook_running_and_undo_restores_the_bytes() {
+    let sb = Sandbox::new();
+    let c = conf(&sb, ORIGINAL, "#mount_max = 1000\n");
+    stdout(&setup(&sb, &c, &["--apply"]));
+    let applied = fs::read_to_string(c.dir.join("nix.conf")).unwrap();
+    let wrapper = c.dir.join("srcstore-pre-build-hook");
+    let script = fs::read_to_string(&wrapper).unwrap();
+    assert!(
+        script.contains("nix hook") && script.contains("--previous '/opt/other-hook'"),
+        "{script}"
+    );
+    assert!(fs::read_to_string(&c.fuse)
+        .unwrap()
+        .contains("\nuser_allow_other\n"));
+
+    // Real Nix reads the result.
+    let shown = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-config",
+        ])
+        .env("NIX_CONF_DIR", &c.dir)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        shown.contains(&format!("pre-build-hook = {}", wrapper.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("sandbox = true"), "{shown}");
+
+    let again = stdout(&setup(&sb, &c, &["--apply"]));
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(fs::read_to_string(c.dir.join("nix.conf")).unwrap(), applied);
+
+    stdout(&setup(&sb, &c, &["--undo"]));
+    assert_eq!(
+        fs::read_to_string(c.dir.join("nix.conf")).unwrap(),
+        ORIGINAL
+    );
+    assert_eq!(fs::read_to_string(&c.fuse).unwrap(), "#mount_max = 1000\n");
+    assert!(!wrapper.exists());
+}
+
+#[test]
+fn the_hook_runs_the_previous_hook_and_merges_its_output() {
+    let sb = Sandbox::new();
+    let prev = sb.path("prev-hook");
+    write(
+        &prev,
+        "#!/bin/sh\nprintf 'extra-sandbox-paths\\n/opt/from-previous'\n",
+    );
+    support::chmod(&prev, 0o755);
+    write(&sb.path("x.drv"), "Derive([],[],[],\"s\",\"b\",[],[])");
+    let out = sb.run(&[
+        "nix",
+        "hook",
+        "--previous",
+        prev.to_str().unwrap(),
+        sb.path("x.drv").to_str().unwrap(),
+        "/chroot",
+    ]);
+    assert_eq!(stdout(&out), "extra-sandbox-paths\n/opt/from-previous\n\n");
+
+    write(&prev, "#!/bin/sh\necho broken >&2; exit 3\n");
+    let out = sb.run(&[
+        "nix",
+        "hook",
+        "--previous",
+        prev.to_str().unwrap(),
+        sb.path("x.drv").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(support::stderr(&out).contains("prev-hook"));
+}
+
+#[test]
+fn a_configuration_directory_that_does_not_exist_is_named() {
+    let sb = Sandbox::new();
+    let c = Conf {
+        dir: sb.path("no/such/dir"),
+        fuse: sb.path("fuse.conf"),
+    };
+    let out = setup(&sb, &c, &["--apply"]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(
+        err.contains("no/such/dir/nix.conf") && err.lines().count() == 1,
+        "{err}"
+    );
+}
