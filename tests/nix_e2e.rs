@@ -175,7 +175,7 @@ fn a_snapshot_no_longer_served_fails_the_build_with_one_clear_line() {
 fn a_subtree_path_ignores_edits_elsewhere_and_nix_rebuilds_nothing() {
     let sb = Sandbox::new();
     let p = project(&sb);
-    let d = Daemon::start(&sb, &p, &[]);
+    let _daemon = Daemon::start(&sb, &p, &[]);
     let sub = |sb: &Sandbox| {
         std::path::PathBuf::from(
             sb.ok(&["path", "--sub", "pkg/foo", p.to_str().unwrap()])
