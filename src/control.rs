@@ -47,6 +47,10 @@ pub enum Request {
     Unpin {
         id: u64,
     },
+    /// Stream events on this connection from now on, one response per line: a new current
+    /// snapshot (`event: "snapshot"`, `path`) or a read that failed because a file changed
+    /// (`event: "read_failed"`, `path` of the file).
+    Subscribe,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -60,6 +64,8 @@ pub struct Response {
     pub pin: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 impl Response {
@@ -144,10 +150,33 @@ impl Client {
     }
 }
 
-pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+/// What a daemon does with a request.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> Response;
+    /// Events for a [`Request::Subscribe`]r, until the receiver's sender is dropped.
+    fn subscribe(&self) -> std::sync::mpsc::Receiver<Response>;
+}
+
+impl Client {
+    /// Turns this connection into a stream of events.
+    pub fn subscribe(mut self) -> std::io::Result<impl Iterator<Item = Response>> {
+        let ack = self.request(Request::Subscribe)?;
+        if !ack.ok {
+            return Err(std::io::Error::other(ack.error.unwrap_or_default()));
+        }
+        let mut reader = self.reader;
+        Ok(std::iter::from_fn(move || {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => serde_json::from_str(&line).ok(),
+                _ => None,
+            }
+        }))
+    }
+}
 
 /// Answers connections on `listener` from a thread each, until the listener is closed.
-pub fn serve(listener: UnixListener, handler: Handler) {
+pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
     let me = rustix::process::geteuid().as_raw();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -162,7 +191,7 @@ pub fn serve(listener: UnixListener, handler: Handler) {
     }
 }
 
-fn converse(stream: UnixStream, me: u32, handler: &Handler) -> std::io::Result<()> {
+fn converse(stream: UnixStream, me: u32, handler: &Arc<dyn Handler>) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let peer = rustix::net::sockopt::socket_peercred(&stream)?;
     if peer.uid.as_raw() != me && !peer.uid.is_root() {
@@ -182,12 +211,30 @@ fn converse(stream: UnixStream, me: u32, handler: &Handler) -> std::io::Result<(
             return write_response(&mut writer, &Response::error("request too long"));
         }
         reader.set_limit(MAX_LINE as u64 + 1);
-        write_response(&mut writer, &answer(&line, handler))?;
+        match parse(&line) {
+            Ok(Request::Subscribe) => {
+                let events = handler.subscribe();
+                write_response(
+                    &mut writer,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )?;
+                for event in events {
+                    write_response(&mut writer, &event)?;
+                }
+                return Ok(());
+            }
+            Ok(request) => write_response(&mut writer, &handler.handle(request))?,
+            Err(refusal) => write_response(&mut writer, &Response::error(refusal))?,
+        }
     }
 }
 
-/// Parses one request line and answers it; never panics on bad input.
-pub fn answer(line: &[u8], handler: &Handler) -> Response {
+/// Parses one request line; a malformed or foreign-version one gets the reason to send back.
+/// Never panics, whatever the bytes.
+pub fn parse(line: &[u8]) -> Result<Request, String> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
@@ -197,16 +244,15 @@ pub fn answer(line: &[u8], handler: &Handler) -> Response {
             v: PROTOCOL_VERSION,
         }) => {}
         Ok(Version { v }) => {
-            return Response::error(format!(
+            return Err(format!(
                 "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
             ))
         }
-        Err(e) => return Response::error(format!("bad request: {e}")),
+        Err(e) => return Err(format!("bad request: {e}")),
     }
-    match serde_json::from_slice::<Envelope<Request>>(line) {
-        Ok(req) => handler(req.body),
-        Err(e) => Response::error(format!("bad request: {e}")),
-    }
+    serde_json::from_slice::<Envelope<Request>>(line)
+        .map(|e| e.body)
+        .map_err(|e| format!("bad request: {e}"))
 }
 
 fn write_response(w: &mut UnixStream, r: &Response) -> std::io::Result<()> {
@@ -219,21 +265,18 @@ fn write_response(w: &mut UnixStream, r: &Response) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn echo() -> Handler {
-        Arc::new(|req| Response {
-            ok: true,
-            path: Some(format!("{req:?}")),
-            ..Default::default()
-        })
-    }
-
     #[test]
     fn requests_are_versioned_and_malformed_ones_refused() {
-        let h = echo();
-        assert!(answer(br#"{"v":1,"op":"status"}"#, &h).ok);
-        assert!(answer(br#"{"v":1,"op":"path","sub":"pkg/foo"}"#, &h).ok);
-        let r = answer(br#"{"v":2,"op":"status"}"#, &h);
-        assert!(!r.ok && r.error.unwrap().contains("version 2"));
+        assert!(matches!(
+            parse(br#"{"v":1,"op":"status"}"#),
+            Ok(Request::Status)
+        ));
+        assert!(matches!(
+            parse(br#"{"v":1,"op":"path","sub":"pkg/foo"}"#),
+            Ok(Request::Path { sub: Some(s) }) if s == "pkg/foo"
+        ));
+        let r = parse(br#"{"v":2,"op":"status"}"#).unwrap_err();
+        assert!(r.contains("version 2"));
         for bad in [
             &b""[..],
             b"{",
@@ -241,8 +284,9 @@ mod tests {
             br#"{"op":"status"}"#,
             br#"{"v":1,"op":"nope"}"#,
             b"\xff\xfe",
+            br#"{"v":1,"op":"pin"}"#,
         ] {
-            assert!(!answer(bad, &h).ok, "{:?}", String::from_utf8_lossy(bad));
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -27,6 +27,8 @@ enum Command {
     Path(cmd::path::Args),
     /// Show what the project's daemon serves and how it is doing.
     Status(cmd::status::Args),
+    /// Run a command on the current snapshot, and again after every burst of saves.
+    Watch(cmd::watch::Args),
     /// Nix integration: the pre-build hook and the nix.conf setup.
     #[command(subcommand)]
     Nix(cmd::nix::Nix),
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon reports what it serves; one-shot commands speak only when something is off.
     let default_level = match cli.command {
-        Command::Mount(_) => "info",
+        Command::Mount(_) | Command::Watch(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Path(args) => cmd::path::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Nix(cmd) => cmd::nix::run(cmd),
+        Command::Watch(args) => cmd::watch::run(args),
     };
     match result {
         Ok(code) => code,

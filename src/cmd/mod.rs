@@ -6,3 +6,4 @@ pub mod path;
 mod setup;
 pub mod status;
 mod view;
+pub mod watch;

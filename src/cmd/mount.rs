@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use srcstore::control::{self, Request, Response};
-use srcstore::live::{Config, Live, Stopped};
+use srcstore::live::{Config, Event as LiveEvent, Live, Stopped};
 use srcstore::{index, Filter};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// The project directory.
     #[arg(default_value = ".")]
@@ -41,6 +41,22 @@ pub struct Args {
     threads: usize,
 }
 
+impl Args {
+    /// The daemon `srcstore watch` starts for a project that has none.
+    pub fn for_watch(dir: &Path, allow_other: bool) -> Args {
+        Args {
+            dir: dir.to_path_buf(),
+            mountpoint: None,
+            allow_other,
+            name: None,
+            no_ignore: false,
+            keep: 2,
+            settle_ms: 10,
+            threads: 2,
+        }
+    }
+}
+
 enum Stop {
     Signal,
     Unmounted,
@@ -48,137 +64,190 @@ enum Stop {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = fs::canonicalize(&args.dir).with_context(|| args.dir.display().to_string())?;
-    if !dir.is_dir() {
-        bail!("{}: not a directory", dir.display());
-    }
-    let filter = if args.no_ignore {
-        Filter::All
-    } else {
-        Filter::Ignore
-    };
-    let name = match &args.name {
-        Some(n) => {
-            srcstore::name::validate(n)?;
-            n.clone()
-        }
-        None => {
-            srcstore::name::from_basename(&dir.file_name().unwrap_or_default().to_string_lossy())
-        }
-    };
-    let runtime = control::runtime_dir();
-    fs::create_dir_all(&runtime).with_context(|| runtime.display().to_string())?;
-    let mountpoint = match &args.mountpoint {
-        Some(m) => std::path::absolute(m)?,
-        None => control::default_mountpoint(&runtime, &dir, &name),
-    };
-    let _lock = DaemonLock::acquire(&control::lock_path(&runtime, &dir), &dir, &mountpoint)?;
-    check_allow_other(args.allow_other)?;
-    prepare_mountpoint(&mountpoint)?;
+    Ok(Server::start(&args)?.wait())
+}
 
-    let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
-    let previous = index_path
-        .as_deref()
-        .and_then(|p| match index::load(p, &dir, filter) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("{e}; discarding it");
-                None
+/// A running daemon: the live view, its control socket and its FUSE mount.
+pub struct Server {
+    dir: PathBuf,
+    filter: Filter,
+    mountpoint: PathBuf,
+    socket: PathBuf,
+    index_path: Option<PathBuf>,
+    live: Arc<Live>,
+    mounted: srcstore_fuse::Mounted,
+    stop_tx: mpsc::Sender<Stop>,
+    stop_rx: mpsc::Receiver<Stop>,
+    _lock: DaemonLock,
+}
+
+impl Server {
+    pub fn start(args: &Args) -> anyhow::Result<Server> {
+        let dir = fs::canonicalize(&args.dir).with_context(|| args.dir.display().to_string())?;
+        if !dir.is_dir() {
+            bail!("{}: not a directory", dir.display());
+        }
+        let filter = if args.no_ignore {
+            Filter::All
+        } else {
+            Filter::Ignore
+        };
+        let name = match &args.name {
+            Some(n) => {
+                srcstore::name::validate(n)?;
+                n.clone()
+            }
+            None => srcstore::name::from_basename(
+                &dir.file_name().unwrap_or_default().to_string_lossy(),
+            ),
+        };
+        let runtime = control::runtime_dir();
+        fs::create_dir_all(&runtime).with_context(|| runtime.display().to_string())?;
+        let mountpoint = match &args.mountpoint {
+            Some(m) => std::path::absolute(m)?,
+            None => control::default_mountpoint(&runtime, &dir, &name),
+        };
+        let lock = DaemonLock::acquire(&control::lock_path(&runtime, &dir), &dir, &mountpoint)?;
+        check_allow_other(args.allow_other)?;
+        prepare_mountpoint(&mountpoint)?;
+
+        let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
+        let previous = index_path
+            .as_deref()
+            .and_then(|p| match index::load(p, &dir, filter) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("{e}; discarding it");
+                    None
+                }
+            });
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let (live_tx, live_rx) = mpsc::channel();
+        let config = Config {
+            filter,
+            name: Some(name),
+            settle: Duration::from_millis(args.settle_ms),
+            keep: args.keep,
+        };
+        let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
+        forward(live_rx, stop_tx.clone(), Stop::Live);
+        save_index(index_path.as_deref(), &dir, filter, &live);
+
+        let socket = control::socket_path(&runtime, &dir);
+        let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
+        let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+        let handler = Arc::new(DaemonHandler {
+            live: live.clone(),
+            mountpoint: mountpoint.clone(),
+        });
+        std::thread::Builder::new()
+            .name("srcstore-accept".into())
+            .spawn(move || control::serve(listener, handler))?;
+
+        let options = srcstore_fuse::Options {
+            allow_other: args.allow_other,
+            threads: args.threads,
+            // The hook finds daemons in the mount table by this: see srcstore::nix::hook.
+            fsname: format!("srcstore:{}", socket.display()),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        let unmounted_tx = stop_tx.clone();
+        let mounted = srcstore_fuse::mount(
+            super::view::LiveView(live.clone()),
+            &mountpoint,
+            &options,
+            move || {
+                let _ = unmounted_tx.send(Stop::Unmounted);
+            },
+        )
+        .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])?;
+        let signal_tx = stop_tx.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = signal_tx.send(Stop::Signal);
             }
         });
-    let (stop_tx, stop_rx) = mpsc::channel();
-    let (live_tx, live_rx) = mpsc::channel();
-    let config = Config {
-        filter,
-        name: Some(name),
-        settle: Duration::from_millis(args.settle_ms),
-        keep: args.keep,
-    };
-    let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
-    forward(live_rx, stop_tx.clone(), Stop::Live);
-    save_index(index_path.as_deref(), &dir, filter, &live);
-
-    let socket = control::socket_path(&runtime, &dir);
-    let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
-    let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
-    let handler = handler(live.clone(), mountpoint.clone());
-    std::thread::Builder::new()
-        .name("srcstore-accept".into())
-        .spawn(move || control::serve(listener, handler))?;
-
-    let options = srcstore_fuse::Options {
-        allow_other: args.allow_other,
-        threads: args.threads,
-        // The hook finds daemons in the mount table by this: see srcstore::nix::hook.
-        fsname: format!("srcstore:{}", socket.display()),
-        uid: rustix::process::geteuid().as_raw(),
-        gid: rustix::process::getegid().as_raw(),
-    };
-    let unmounted_tx = stop_tx.clone();
-    let mounted = srcstore_fuse::mount(
-        super::view::LiveView(live.clone()),
-        &mountpoint,
-        &options,
-        move || {
-            let _ = unmounted_tx.send(Stop::Unmounted);
-        },
-    )
-    .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
-    let signal_tx = stop_tx.clone();
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = signal_tx.send(Stop::Signal);
-        }
-    });
-    tracing::info!(
-        "serving {}",
-        mountpoint.join(live.current().basename()).display()
-    );
-
-    // Until told to stop: expire leases and make the kernel forget names no longer served.
-    let mut served: HashSet<String> = HashSet::new();
-    let stop = loop {
-        match stop_rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(stop) => break stop,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                live.expire_pins();
-                let now: HashSet<String> = live.served().iter().map(|s| s.basename()).collect();
-                for gone in served.difference(&now) {
-                    mounted.forget_root(gone.as_bytes());
-                }
-                served = now;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::Signal,
-        }
-    };
-    let _ = fs::remove_file(&socket);
-    let code = match stop {
-        Stop::Signal | Stop::Unmounted => {
-            save_index(index_path.as_deref(), &dir, filter, &live);
-            ExitCode::SUCCESS
-        }
-        Stop::Live(Stopped::ProjectGone(p)) => {
-            eprintln!(
-                "srcstore: error: {}: the project directory was removed or moved; stopping",
-                p.display()
-            );
-            ExitCode::FAILURE
-        }
-        Stop::Live(Stopped::WatcherFailed(e)) => {
-            eprintln!("srcstore: error: {}: {e}; stopping", dir.display());
-            ExitCode::FAILURE
-        }
-    };
-    if let Err(e) = mounted.unmount() {
-        tracing::debug!("unmount: {e}");
+        tracing::info!(
+            "serving {}",
+            mountpoint.join(live.current().basename()).display()
+        );
+        Ok(Server {
+            dir,
+            filter,
+            mountpoint,
+            socket,
+            index_path,
+            live,
+            mounted,
+            stop_tx,
+            stop_rx,
+            _lock: lock,
+        })
     }
-    tracing::info!("unmounted {}", mountpoint.display());
-    Ok(code)
+
+    /// Stops a server running [`Server::wait`] on another thread.
+    pub fn stopper(&self) -> impl Fn() + Send + 'static {
+        let tx = self.stop_tx.clone();
+        move || {
+            let _ = tx.send(Stop::Signal);
+        }
+    }
+
+    /// Serves until a signal, an external unmount or the project's disappearance; then
+    /// unmounts and cleans up.
+    pub fn wait(self) -> ExitCode {
+        // Meanwhile: expire leases and make the kernel forget names no longer served.
+        let mut served: HashSet<String> = HashSet::new();
+        let stop = loop {
+            match self.stop_rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(stop) => break stop,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.live.expire_pins();
+                    let now: HashSet<String> =
+                        self.live.served().iter().map(|s| s.basename()).collect();
+                    for gone in served.difference(&now) {
+                        self.mounted.forget_root(gone.as_bytes());
+                    }
+                    served = now;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::Signal,
+            }
+        };
+        let _ = fs::remove_file(&self.socket);
+        let code = match stop {
+            Stop::Signal | Stop::Unmounted => {
+                save_index(
+                    self.index_path.as_deref(),
+                    &self.dir,
+                    self.filter,
+                    &self.live,
+                );
+                ExitCode::SUCCESS
+            }
+            Stop::Live(Stopped::ProjectGone(p)) => {
+                eprintln!(
+                    "srcstore: error: {}: the project directory was removed or moved; stopping",
+                    p.display()
+                );
+                ExitCode::FAILURE
+            }
+            Stop::Live(Stopped::WatcherFailed(e)) => {
+                eprintln!("srcstore: error: {}: {e}; stopping", self.dir.display());
+                ExitCode::FAILURE
+            }
+        };
+        if let Err(e) = self.mounted.unmount() {
+            tracing::debug!("unmount: {e}");
+        }
+        tracing::info!("unmounted {}", self.mountpoint.display());
+        code
+    }
 }
 
 fn forward<T: Send + 'static>(rx: mpsc::Receiver<T>, tx: mpsc::Sender<Stop>, wrap: fn(T) -> Stop) {
@@ -200,48 +269,79 @@ fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
 /// How long `path` waits for the watcher to see its cookie.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn handler(live: Arc<Live>, mountpoint: PathBuf) -> control::Handler {
-    Arc::new(move |request| match request {
-        Request::Path { sub } => match match sub {
-            Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
-            None => live.sync(SYNC_TIMEOUT),
-        } {
-            Ok(snapshot) => Response {
-                ok: true,
-                path: Some(mountpoint.join(snapshot.basename()).display().to_string()),
+struct DaemonHandler {
+    live: Arc<Live>,
+    mountpoint: PathBuf,
+}
+
+impl control::Handler for DaemonHandler {
+    fn handle(&self, request: Request) -> Response {
+        let (live, mountpoint) = (&self.live, &self.mountpoint);
+        let ok = |r: Response| Response { ok: true, ..r };
+        match request {
+            Request::Path { sub } => {
+                let snapshot = match sub {
+                    Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
+                    None => live.sync(SYNC_TIMEOUT),
+                };
+                match snapshot {
+                    Ok(s) => ok(Response {
+                        path: Some(mountpoint.join(s.basename()).display().to_string()),
+                        ..Default::default()
+                    }),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Status => ok(Response {
+                status: Some(status(live, mountpoint)),
                 ..Default::default()
+            }),
+            Request::Pin {
+                basename,
+                lease_secs,
+                until_gone,
+            } => match live.find(&basename) {
+                Some(s) => ok(Response {
+                    pin: Some(live.pin(
+                        s,
+                        lease_secs.map(Duration::from_secs),
+                        until_gone.map(PathBuf::from),
+                    )),
+                    ..Default::default()
+                }),
+                None => Response::error("superseded by newer edits and not pinned"),
             },
-            Err(e) => Response::error(e),
-        },
-        Request::Status => Response {
-            ok: true,
-            status: Some(status(&live, &mountpoint)),
-            ..Default::default()
-        },
-        Request::Pin {
-            basename,
-            lease_secs,
-            until_gone,
-        } => match live.find(&basename) {
-            Some(s) => Response {
-                ok: true,
-                pin: Some(live.pin(
-                    s,
-                    lease_secs.map(Duration::from_secs),
-                    until_gone.map(PathBuf::from),
-                )),
-                ..Default::default()
+            Request::Unpin { id } => match live.unpin(id) {
+                true => ok(Response::default()),
+                false => Response::error(format!("no pin {id}")),
             },
-            None => Response::error("superseded by newer edits and not pinned"),
-        },
-        Request::Unpin { id } => match live.unpin(id) {
-            true => Response {
-                ok: true,
-                ..Default::default()
-            },
-            false => Response::error(format!("no pin {id}")),
-        },
-    })
+            Request::Subscribe => Response::error("subscribe is answered by the connection"),
+        }
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<Response> {
+        let events = self.live.subscribe();
+        let (tx, rx) = mpsc::channel();
+        let mountpoint = self.mountpoint.clone();
+        std::thread::spawn(move || {
+            for event in events {
+                let (kind, path) = match event {
+                    LiveEvent::Snapshot(name) => ("snapshot", mountpoint.join(name)),
+                    LiveEvent::ReadFailed { path, .. } => ("read_failed", path),
+                };
+                let r = Response {
+                    ok: true,
+                    event: Some(kind.into()),
+                    path: Some(path.display().to_string()),
+                    ..Default::default()
+                };
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
 }
 
 fn status(live: &Live, mountpoint: &Path) -> serde_json::Value {
