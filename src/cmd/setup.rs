@@ -105,9 +105,15 @@ fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
     let me = std::env::current_exe().context("locating the srcstore binary")?;
     let previous = conf::setting(text, "pre-build-hook")
         .filter(|h| !h.is_empty() && Path::new(h) != wrapper_path);
+    // If srcstore is uninstalled, builds go on as if it had never been set up.
+    let bin = shell_quote(&me.display().to_string());
+    let absent = match &previous {
+        Some(prev) => format!("exec {} \"$@\"", shell_quote(prev)),
+        None => "exit 0".to_owned(),
+    };
     let mut wrapper = format!(
-        "#!/bin/sh\n# Written by `srcstore nix setup --apply`; `srcstore nix setup --undo` removes it.\nexec {} nix hook",
-        shell_quote(&me.display().to_string())
+        "#!/bin/sh\n# Written by `srcstore nix setup --apply`; `srcstore nix setup --undo` removes it.\n\
+         [ -x {bin} ] || {absent}\nexec {bin} nix hook"
     );
     if let Some(prev) = &previous {
         wrapper.push_str(&format!(" --previous {}", shell_quote(prev)));
