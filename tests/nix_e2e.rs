@@ -166,7 +166,7 @@ fn a_snapshot_no_longer_served_fails_the_build_with_one_clear_line() {
     let (out, log) = nix.build(current.to_str().unwrap());
     assert!(out.is_none());
     assert!(
-        log.contains("daemon serving it died") && log.contains("srcstore mount"),
+        log.contains("daemon serving it is not running") && log.contains("srcstore mount"),
         "{log}"
     );
 }

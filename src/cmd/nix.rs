@@ -91,12 +91,6 @@ fn snapshot_block(args: &HookArgs) -> anyhow::Result<String> {
                 "{path}: no srcstore daemon serves this snapshot any more; start `srcstore mount --allow-other` in the project and build with the path `srcstore path` prints"
             );
         };
-        if !hook::is_reachable(&view.mountpoint) {
-            anyhow::bail!(
-                "{path}: the srcstore daemon serving it died (its mount {} is disconnected); run `srcstore mount --allow-other` in the project again",
-                view.mountpoint.display()
-            );
-        }
         let lease = if args.chroot.is_some() {
             LEASE_WITH_CHROOT
         } else {
@@ -115,7 +109,7 @@ fn snapshot_block(args: &HookArgs) -> anyhow::Result<String> {
                 a.error.unwrap_or_default()
             ),
             Err(e) => anyhow::bail!(
-                "{path}: cannot reach its srcstore daemon ({}: {e}); is `srcstore mount` still running?",
+                "{path}: the srcstore daemon serving it is not running ({}: {e}); run `srcstore mount --allow-other` in the project again",
                 view.socket.display()
             ),
         }

@@ -5,7 +5,7 @@
 //! or `fuse.srcstore` where the mount helper records the subtype) whose source is
 //! `srcstore:<control socket>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::drv::Derivation;
 
@@ -182,11 +182,6 @@ pub fn sandbox_block(refs: &[Reference]) -> String {
     }
     out.push('\n');
     out
-}
-
-/// Whether a path is still served by a live mount (a dead daemon's mount answers ENOTCONN).
-pub fn is_reachable(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
 }
 
 #[cfg(test)]
