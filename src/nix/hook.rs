@@ -187,6 +187,7 @@ pub fn sandbox_block(refs: &[Reference]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const INFO: &str = "36 35 0:52 / /run/srcstore/proj-1a2b3c4d rw,nosuid,nodev,noatime - fuse.srcstore srcstore:/run/srcstore/abc.sock ro,user_id=0,group_id=0,allow_other\n\
         37 35 0:53 / /tmp/with\\040space ro - fuse.srcstore srcstore:/tmp/s\\040ock ro\n\
