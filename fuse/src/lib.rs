@@ -9,6 +9,8 @@
 //! good (entries, attributes, pages), and to send no `open`/`opendir` at all (zero-message
 //! opens): warm reads then cost what native reads cost. The price is that the daemon sees a
 //! read only on a page-cache miss, so [`Source::read`] must prove every byte it returns.
+//! Directories are listed with their entries' attributes (`READDIRPLUS`), so a walk over a
+//! cold view costs no `LOOKUP` per entry.
 
 mod attr;
 mod fs;
