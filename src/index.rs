@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{Dir, Entry, File, Hash, Node, Stamp, Symlink};
+use crate::tree::{Dir, Entry, File, Hash, Name, Node, Stamp, Symlink};
 use crate::Filter;
 
 const MAGIC: &[u8; 8] = b"SRCSTIDX";
-const VERSION: u32 = 1;
+/// 2: directories carry their hash; records follow their count instead of forming one value.
+const VERSION: u32 = 2;
 
 /// Why an index was not used.
 #[derive(Debug, thiserror::Error)]
@@ -38,31 +39,29 @@ pub enum IndexError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
-struct Body {
-    project: Vec<u8>,
-    filter: Filter,
-    records: Vec<Record>,
-}
+// The body, in postcard: the project path (bytes), the filter, the number of records (u64), then
+// that many records: the tree in depth-first order, parents before children, entries in order.
 
-/// A node in depth-first order; `depth` 0 is the root directory.
+/// A node; `depth` 0 is the root directory. Names and targets borrow from the index's bytes.
 #[derive(Serialize, Deserialize)]
-struct Record {
+struct Record<'a> {
     depth: u32,
-    name: Vec<u8>,
-    kind: Kind,
+    name: &'a [u8],
+    #[serde(borrow)]
+    kind: Kind<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
-enum Kind {
-    Dir,
+enum Kind<'a> {
+    /// With the directory's hash, so that loading hashes nothing.
+    Dir(Hash),
     File {
         content: Hash,
         executable: bool,
         stamp: Stamp,
         racy: bool,
     },
-    Symlink(Vec<u8>),
+    Symlink(&'a [u8]),
 }
 
 /// Where the index of `project` (an absolute path) scanned with `filter` lives.
@@ -117,17 +116,21 @@ pub fn load(path: &Path, project: &Path, filter: Filter) -> Result<Option<Node>,
     if blake3::hash(payload).as_bytes() != sum {
         return Err(IndexError::Corrupt(path.into()));
     }
-    let body: Body =
-        postcard::from_bytes(&payload[12..]).map_err(|_| IndexError::Corrupt(path.into()))?;
-    if body.project != project.as_os_str().as_bytes() || body.filter != filter {
+    let corrupt = || IndexError::Corrupt(path.into());
+    let mut de = postcard::Deserializer::from_bytes(&payload[12..]);
+    let body_project = <&[u8]>::deserialize(&mut de).map_err(|_| corrupt())?;
+    let body_filter = Filter::deserialize(&mut de).map_err(|_| corrupt())?;
+    if body_project != project.as_os_str().as_bytes() || body_filter != filter {
         return Err(IndexError::OtherProject {
             path: path.into(),
-            other: PathBuf::from(std::ffi::OsStr::from_bytes(&body.project)),
+            other: PathBuf::from(std::ffi::OsStr::from_bytes(body_project)),
         });
     }
-    rebuild(body.records, written)
-        .map(Some)
-        .ok_or_else(|| IndexError::Corrupt(path.into()))
+    let tree = rebuild(&mut de, written).ok_or_else(corrupt)?;
+    match de.finalize() {
+        Ok([]) => Ok(Some(tree)),
+        _ => Err(corrupt()),
+    }
 }
 
 /// Writes an index atomically.
@@ -136,38 +139,34 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
         path: path.into(),
         source,
     };
-    let mut records = Vec::new();
+    let mut count = 0u64;
+    tree.visit(&mut |_, _| count += 1);
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    let encode = |value: &dyn erased::Encode, bytes: Vec<u8>| value.encode(bytes);
+    bytes = encode(&project.as_os_str().as_bytes(), bytes);
+    bytes = encode(&filter, bytes);
+    bytes = encode(&count, bytes);
     tree.visit(&mut |rel, node| {
         let depth = if rel.is_empty() {
             0
         } else {
             rel.iter().filter(|&&b| b == b'/').count() as u32 + 1
         };
-        let name = rel
-            .rsplit(|&b| b == b'/')
-            .next()
-            .unwrap_or_default()
-            .to_vec();
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
         let kind = match node {
-            Node::Dir(_) => Kind::Dir,
+            Node::Dir(d) => Kind::Dir(d.hash),
             Node::File(f) => Kind::File {
                 content: f.content,
                 executable: f.executable,
                 stamp: f.stamp,
                 racy: f.racy,
             },
-            Node::Symlink(s) => Kind::Symlink(s.target.to_vec()),
+            Node::Symlink(s) => Kind::Symlink(&s.target),
         };
-        records.push(Record { depth, name, kind });
+        let record = Record { depth, name, kind };
+        bytes = encode(&record, std::mem::take(&mut bytes));
     });
-    let body = Body {
-        project: project.as_os_str().as_bytes().to_vec(),
-        filter,
-        records,
-    };
-    let mut bytes = MAGIC.to_vec();
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes = postcard::to_extend(&body, bytes).expect("serialising to memory cannot fail");
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
 
@@ -196,41 +195,58 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Rebuilds the tree from depth-first records; `None` if they do not describe one.
-fn rebuild(records: Vec<Record>, written_ns: i64) -> Option<Node> {
-    // A stack of directories being filled: (depth, name, entries so far).
-    let mut stack: Vec<(u32, Vec<u8>, Vec<Entry>)> = Vec::new();
-    let mut records = records.into_iter();
-    match records.next()? {
-        Record {
-            depth: 0,
-            kind: Kind::Dir,
-            ..
-        } => stack.push((0, Vec::new(), Vec::new())),
-        _ => return None,
+/// Appending one value's postcard encoding to a buffer, for values of different types.
+mod erased {
+    pub(super) trait Encode {
+        fn encode(&self, bytes: Vec<u8>) -> Vec<u8>;
     }
-    fn close(stack: &mut Vec<(u32, Vec<u8>, Vec<Entry>)>) -> Option<()> {
-        let (_, name, entries) = stack.pop()?;
-        let node = Node::Dir(Arc::new(Dir::new(entries)));
-        stack.last_mut()?.2.push(Entry {
-            name: name.into(),
-            node,
-        });
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self, bytes: Vec<u8>) -> Vec<u8> {
+            postcard::to_extend(self, bytes).expect("serialising to memory cannot fail")
+        }
+    }
+}
+
+/// Rebuilds the tree from the count and the depth-first records that follow it; `None` if they
+/// do not describe one (entries out of order included: lookups rely on the order).
+fn rebuild<'de>(
+    de: &mut postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    written_ns: i64,
+) -> Option<Node> {
+    let count = u64::deserialize(&mut *de).ok()?;
+    // Directories being filled: (name, hash, entries so far).
+    let mut stack: Vec<(Name, Hash, Vec<Entry>)> = Vec::new();
+    fn close(stack: &mut Vec<(Name, Hash, Vec<Entry>)>) -> Option<()> {
+        let (name, hash, entries) = stack.pop()?;
+        let node = Node::Dir(Arc::new(Dir::with_hash(hash, entries.into_boxed_slice())));
+        stack.last_mut()?.2.push(Entry { name, node });
         Some(())
     }
-    for r in records {
+    for i in 0..count {
+        let r = Record::deserialize(&mut *de).ok()?;
+        if i == 0 {
+            match r.kind {
+                Kind::Dir(hash) if r.depth == 0 => stack.push((Name::default(), hash, Vec::new())),
+                _ => return None,
+            }
+            continue;
+        }
         if r.depth == 0 {
             return None;
         }
         while stack.len() as u32 > r.depth {
             close(&mut stack)?;
         }
-        if stack.len() as u32 != r.depth || r.name.is_empty() {
+        let siblings = &mut stack.last_mut()?.2;
+        let in_order = siblings.last().is_none_or(|last| *last.name < *r.name);
+        if stack.len() as u32 != r.depth || r.name.is_empty() || !in_order {
             return None;
         }
+        let name = Name::new(r.name);
         let node = match r.kind {
-            Kind::Dir => {
-                stack.push((r.depth, r.name, Vec::new()));
+            Kind::Dir(hash) => {
+                stack.push((name, hash, Vec::new()));
                 continue;
             }
             Kind::File {
@@ -246,14 +262,14 @@ fn rebuild(records: Vec<Record>, written_ns: i64) -> Option<Node> {
             ))),
             Kind::Symlink(target) => Node::Symlink(Arc::new(Symlink::new(target.into()))),
         };
-        stack.last_mut()?.2.push(Entry {
-            name: r.name.into(),
-            node,
-        });
+        stack.last_mut()?.2.push(Entry { name, node });
     }
     while stack.len() > 1 {
         close(&mut stack)?;
     }
-    let (_, _, entries) = stack.pop()?;
-    Some(Node::Dir(Arc::new(Dir::new(entries))))
+    let (_, hash, entries) = stack.pop()?;
+    Some(Node::Dir(Arc::new(Dir::with_hash(
+        hash,
+        entries.into_boxed_slice(),
+    ))))
 }

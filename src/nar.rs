@@ -1,17 +1,31 @@
 //! Streaming a snapshot as a NAR (Nix ARchive), the serialisation Nix hashes a tree by.
 //!
-//! Every file is re-verified against the snapshot while it is streamed, so a NAR (and so a NAR
-//! hash or a registered store path) never mixes in bytes from another version of the tree.
+//! Every file is checked against the snapshot while it is streamed, so a NAR (and so a NAR hash
+//! or a registered store path) never mixes in bytes from another version of the tree. A file is
+//! opened beneath the project root and stamped before and after it is read:
+//! - when both stamps are the one the snapshot recorded for its content, and that one was not
+//!   racy, the bytes are the ones that were hashed (the trust the index places in a stamp);
+//! - otherwise the bytes are hashed with BLAKE3 as they stream and must give the snapshot's
+//!   content hash.
+//!
+//! Anything else (another size, a hash that differs, a stamp that moves during the read of a file
+//! trusted by its stamp) fails the whole NAR with [`Error::Stale`]: a NAR is never completed
+//! with bytes that are not the snapshot's.
+//!
+//! [`nar_info`] reads on one thread and runs SHA-256 on another, so reading, the checks and the
+//! hash overlap.
 
 use std::ffi::OsStr;
-use std::io::{self, Write};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::read::copy_into;
-use crate::tree::Node;
+use crate::read;
+use crate::tree::{File, Node};
 use crate::{Error, Snapshot};
 
 /// A NAR's SHA-256 and length.
@@ -21,56 +35,195 @@ pub struct NarInfo {
     pub size: u64,
 }
 
+/// How much NAR one buffer of [`nar_info`]'s pipeline holds, and how many are in flight.
+const CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
 /// Hashes the snapshot's NAR without storing it.
 pub fn nar_info(snapshot: &Snapshot) -> Result<NarInfo, Error> {
-    let mut sink = HashingWriter::default();
-    write_nar(snapshot, &mut sink)?;
-    Ok(NarInfo {
-        sha256: sink.hasher.finalize().into(),
-        size: sink.size,
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let producer = std::thread::Builder::new()
+            .name("srcstore-nar".into())
+            .spawn_scoped(s, move || {
+                let mut sink = Chunks {
+                    buf: vec![0; CHUNK],
+                    filled: 0,
+                    full: full_tx,
+                    empty: empty_rx,
+                };
+                write_into(snapshot, &mut sink)?;
+                sink.send().map_err(|e| Error::io(snapshot.dir(), e))
+            })
+            .map_err(|e| Error::io(snapshot.dir(), e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0;
+        for (buf, filled) in full_rx {
+            hasher.update(&buf[..filled]);
+            size += filled as u64;
+            let _ = empty_tx.send(buf);
+        }
+        producer.join().expect("the NAR reader panicked")?;
+        Ok(NarInfo {
+            sha256: hasher.finalize().into(),
+            size,
+        })
     })
 }
 
 /// Writes the snapshot's NAR to `out`.
 pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error> {
+    write_into(snapshot, &mut Direct(out))
+}
+
+fn write_into(snapshot: &Snapshot, out: &mut impl Sink) -> Result<(), Error> {
     let mut w = NarWriter {
         out,
         snapshot,
         path: snapshot.prefix().to_vec(),
+        dirs: Vec::new(),
     };
     w.str(b"nix-archive-1")?;
     w.node(snapshot.tree())
 }
 
-#[derive(Default)]
-struct HashingWriter {
-    hasher: Sha256,
-    size: u64,
+/// Where NAR bytes go.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// Appends up to `n` bytes read from `file` (fewer only if it ends first), also feeding
+    /// them to `check`; returns how many.
+    fn put_from(
+        &mut self,
+        file: &mut fs::File,
+        n: u64,
+        check: Option<&mut blake3::Hasher>,
+    ) -> io::Result<u64>;
 }
 
-impl Write for HashingWriter {
+/// Straight to a writer.
+struct Direct<'a, W>(&'a mut W);
+
+impl<W: Write> Sink for Direct<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn put_from(
+        &mut self,
+        file: &mut fs::File,
+        n: u64,
+        check: Option<&mut blake3::Hasher>,
+    ) -> io::Result<u64> {
+        let mut tee = Tee {
+            out: &mut *self.0,
+            check,
+        };
+        read::copy_into(&mut file.take(n), &mut tee)
+    }
+}
+
+struct Tee<'a, W> {
+    out: &'a mut W,
+    check: Option<&'a mut blake3::Hasher>,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.size += buf.len() as u64;
+        self.out.write_all(buf)?;
+        if let Some(h) = self.check.as_deref_mut() {
+            h.update(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.out.flush()
     }
 }
 
-struct NarWriter<'a, W> {
-    out: &'a mut W,
+/// Into buffers handed to another thread; file bytes are read straight into them.
+struct Chunks {
+    buf: Vec<u8>,
+    filled: usize,
+    full: mpsc::SyncSender<(Vec<u8>, usize)>,
+    empty: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Chunks {
+    /// Hands over what is buffered.
+    fn send(&mut self) -> io::Result<()> {
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let next = self.empty.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        let full = std::mem::replace(&mut self.buf, next);
+        let filled = std::mem::take(&mut self.filled);
+        self.full
+            .send((full, filled))
+            .map_err(|_| io::Error::other("the NAR hasher stopped"))
+    }
+
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        if self.filled == CHUNK {
+            self.send()?;
+        }
+        Ok(&mut self.buf[self.filled..])
+    }
+}
+
+impl Sink for Chunks {
+    fn put(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let room = self.room()?;
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    fn put_from(
+        &mut self,
+        file: &mut fs::File,
+        n: u64,
+        mut check: Option<&mut blake3::Hasher>,
+    ) -> io::Result<u64> {
+        let mut done = 0;
+        while done < n {
+            let room = self.room()?;
+            let want = room.len().min((n - done).try_into().unwrap_or(usize::MAX));
+            let got = match file.read(&mut room[..want]) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(h) = check.as_deref_mut() {
+                h.update(&room[..got]);
+            }
+            self.filled += got;
+            done += got as u64;
+        }
+        Ok(done)
+    }
+}
+
+struct NarWriter<'a, S> {
+    out: &'a mut S,
     snapshot: &'a Snapshot,
     /// Path of the node being written below the project directory.
     path: Vec<u8>,
+    /// The directories being written, open (the innermost last).
+    dirs: Vec<OwnedFd>,
 }
 
 fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 
-impl<W: Write> NarWriter<'_, W> {
+impl<S: Sink> NarWriter<'_, S> {
     fn io(&self, e: io::Error) -> Error {
         Error::io(self.abs_path(), e)
     }
@@ -80,13 +233,23 @@ impl<W: Write> NarWriter<'_, W> {
     }
 
     fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.out.write_all(bytes).map_err(|e| self.io(e))
+        self.out.put(bytes).map_err(|e| self.io(e))
     }
 
     fn str(&mut self, s: &[u8]) -> Result<(), Error> {
         self.raw(&(s.len() as u64).to_le_bytes())?;
         self.raw(s)?;
         self.raw(&[0; 8][..padding(s.len() as u64)])
+    }
+
+    /// The directory `self.path` is in, and its name there; at the top of the snapshot, the
+    /// project root and the whole prefix.
+    fn place(&self) -> (BorrowedFd<'_>, &[u8]) {
+        match self.dirs.last() {
+            Some(dir) => (dir.as_fd(), super::scan::split(&self.path).1),
+            None if self.path.is_empty() => (self.snapshot.root().fd(), b"."),
+            None => (self.snapshot.root().fd(), &self.path),
+        }
     }
 
     fn node(&mut self, node: &Node) -> Result<(), Error> {
@@ -106,11 +269,14 @@ impl<W: Write> NarWriter<'_, W> {
                 }
                 self.str(b"contents")?;
                 self.raw(&f.size().to_le_bytes())?;
-                self.contents(&f.content, f.size())?;
+                self.contents(f)?;
                 self.raw(&[0; 8][..padding(f.size())])?;
             }
             Node::Dir(d) => {
                 self.str(b"directory")?;
+                let (parent, name) = self.place();
+                let fd = read::open_dir_at(parent, name).map_err(|e| self.io(e))?;
+                self.dirs.push(fd);
                 for e in d.entries.iter() {
                     self.str(b"entry")?;
                     self.str(b"(")?;
@@ -126,43 +292,42 @@ impl<W: Write> NarWriter<'_, W> {
                     self.path.truncate(len);
                     self.str(b")")?;
                 }
+                self.dirs.pop();
             }
         }
         self.str(b")")
     }
 
-    /// Copies a file's bytes, checking they are the snapshot's: same length and same BLAKE3.
-    fn contents(&mut self, expected: &[u8; 32], size: u64) -> Result<(), Error> {
-        let rel = Path::new(OsStr::from_bytes(&self.path));
-        let file = self.snapshot.root().open_file(rel)?;
-        let mut tee = Tee {
-            out: &mut *self.out,
-            hasher: blake3::Hasher::new(),
+    /// Copies a file's bytes, checking they are the snapshot's (see the module docs).
+    fn contents(&mut self, f: &File) -> Result<(), Error> {
+        let stale = |w: &Self| Error::Stale { path: w.abs_path() };
+        let (dir, name) = self.place();
+        let mut file = read::open_file_at(dir, name).map_err(|e| self.io(e))?;
+        let stamp = |file: &fs::File| {
+            rustix::fs::fstat(file)
+                .map(|st| read::stamp_of_stat(&st))
+                .map_err(io::Error::from)
         };
-        let copied = copy_into(&mut io::Read::take(file, size + 1), &mut tee);
-        let intact = tee.hasher.finalize().as_bytes() == expected;
-        let n = copied.map_err(|e| self.io(e))?;
-        if n != size || !intact {
-            return Err(Error::Stale {
-                path: self.abs_path(),
-            });
+        let before = stamp(&file).map_err(|e| self.io(e))?;
+        if before.size != f.size() {
+            return Err(stale(self));
+        }
+        let trusted = !f.racy && before == f.stamp;
+        let mut check = (!trusted).then(blake3::Hasher::new);
+        let n = self
+            .out
+            .put_from(&mut file, f.size(), check.as_mut())
+            .map_err(|e| self.io(e))?;
+        if n != f.size() {
+            return Err(stale(self));
+        }
+        let intact = match check {
+            Some(h) => h.finalize().as_bytes() == &f.content,
+            None => stamp(&file).map_err(|e| self.io(e))? == before,
+        };
+        if !intact {
+            return Err(stale(self));
         }
         Ok(())
-    }
-}
-
-struct Tee<'a, W> {
-    out: &'a mut W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for Tee<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write_all(buf)?;
-        self.hasher.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }

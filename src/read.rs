@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,6 +60,55 @@ impl Root {
         .map_err(|e| Error::io(self.path.join(rel), e.into()))?;
         Ok(fs::File::from(fd))
     }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens the directory `name` (one component, or a relative path) below the directory `dir`,
+/// never through a symlink.
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        BENEATH,
+    )?)
+}
+
+/// Opens the file `name` (one component, or a relative path) below the directory `dir` for
+/// reading, never through a symlink. Non-blocking, so that a fifo that took a regular file's
+/// place opens (and is then refused by its type) rather than waiting for a writer.
+pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<fs::File> {
+    let fd = rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        BENEATH,
+    )?;
+    Ok(fs::File::from(fd))
+}
+
+/// The stamp of a `stat` result (the same values [`Stamp::of`] takes from `Metadata`).
+pub(crate) fn stamp_of_stat(st: &rustix::fs::Stat) -> Stamp {
+    Stamp {
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ino: st.st_ino,
+    }
+}
+
+/// The owner-executable bit of a `stat` result.
+pub(crate) fn exec_of_stat(st: &rustix::fs::Stat) -> bool {
+    st.st_mode & 0o100 != 0
 }
 
 /// A file's content hash together with the stamp it was taken under.
@@ -77,37 +126,79 @@ fn now_ns() -> i64 {
 }
 
 /// Hashes a file, retrying once if it changes while being read; `expected` is what the walk saw.
+/// The retry waits for the file to settle first (see [`settle`]).
 pub fn hash_file(root: &Root, rel: &Path, expected: &fs::Metadata) -> Result<Hashed, Error> {
     let first = Stamp::of(expected);
-    match hash_once(root, rel, Some(first))? {
-        Some(h) => Ok(h),
-        None => hash_once(root, rel, None)?.ok_or_else(|| Error::Unstable {
-            path: root.path.join(rel),
-        }),
+    if let Some(h) = hash_once(root, rel, Some(first))? {
+        return Ok(h);
+    }
+    let now = Stamp::of(
+        &root
+            .open_file(rel)?
+            .metadata()
+            .map_err(|e| Error::io(root.path.join(rel), e))?,
+    );
+    settle(now);
+    hash_once(root, rel, Some(now))?.ok_or_else(|| Error::Unstable {
+        path: root.path.join(rel),
+    })
+}
+
+/// Before the second and last attempt at a file seen to change while it was hashed: waits until
+/// its last change (as of `stamp`) is older than the racy window, at most that long. The attempt
+/// then insists on `stamp`, so only a file that stayed still that long is hashed; one that keeps
+/// being written is reported, even when its writer pauses for the length of a read.
+pub(crate) fn settle(stamp: Stamp) {
+    let quiet_at = stamp
+        .ctime_ns
+        .max(stamp.mtime_ns)
+        .saturating_add(RACY_WINDOW_NS);
+    let wait = quiet_at.saturating_sub(now_ns()).clamp(0, RACY_WINDOW_NS);
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
     }
 }
 
 /// One attempt; `None` when the file was seen to change (stamp before open, at open, after read).
 fn hash_once(root: &Root, rel: &Path, expected: Option<Stamp>) -> Result<Option<Hashed>, Error> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |e: io::Error| Error::io(root.path.join(rel), e);
     let mut file = root.open_file(rel)?;
+    match hash_open(&mut file, expected).map_err(err)? {
+        Attempt::Hashed(h) => Ok(Some(h)),
+        Attempt::Changed | Attempt::NotAFile => Ok(None),
+    }
+}
+
+/// What one attempt at hashing an open file found.
+pub(crate) enum Attempt {
+    Hashed(Hashed),
+    /// Its stamp was not `expected`, or moved while it was read.
+    Changed,
+    /// It is not a regular file (something else took the place of one).
+    NotAFile,
+}
+
+/// Hashes a file just opened, stamping it before and after the read.
+pub(crate) fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt> {
     let start = now_ns();
-    let meta = file.metadata().map_err(err)?;
-    let stamp = Stamp::of(&meta);
+    let st = rustix::fs::fstat(&*file)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode as _) != rustix::fs::FileType::RegularFile {
+        return Ok(Attempt::NotAFile);
+    }
+    let stamp = stamp_of_stat(&st);
     if expected.is_some_and(|e| e != stamp) {
-        return Ok(None);
+        return Ok(Attempt::Changed);
     }
     let mut hasher = blake3::Hasher::new();
-    let read = copy_into(&mut file, &mut hasher).map_err(err)?;
-    let after = Stamp::of(&file.metadata().map_err(err)?);
+    let read = copy_into(file, &mut hasher)?;
+    let after = stamp_of_stat(&rustix::fs::fstat(&*file)?);
     if after != stamp || read != stamp.size {
-        return Ok(None);
+        return Ok(Attempt::Changed);
     }
-    Ok(Some(Hashed {
+    Ok(Attempt::Hashed(Hashed {
         content: *hasher.finalize().as_bytes(),
         stamp,
-        executable: meta.permissions().mode() & 0o100 != 0,
+        executable: exec_of_stat(&st),
         racy: racy_at(stamp, start),
     }))
 }

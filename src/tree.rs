@@ -23,10 +23,18 @@ pub type Hash = [u8; 32];
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
 
+/// Ids are handed out in steps of this; a file's id carries its [`FileFlags`] in the bits below.
+const ID_STEP: u64 = 4;
+
 impl NodeId {
     fn fresh() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        NodeId(NEXT.fetch_add(1, Ordering::Relaxed))
+        Self::fresh_with(0)
+    }
+
+    fn fresh_with(low_bits: u64) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(ID_STEP);
+        debug_assert!(low_bits < ID_STEP);
+        NodeId(NEXT.fetch_add(ID_STEP, Ordering::Relaxed) | low_bits)
     }
 }
 
@@ -52,31 +60,82 @@ impl Stamp {
     }
 }
 
-#[derive(Debug)]
+/// A regular file. `file.executable` and `file.racy` read its [`FileFlags`] (through `Deref`):
+/// they are kept in the low bits of its id, which keeps a `File` at 72 bytes (an `Arc<File>` in
+/// 96 bytes of heap, not 112). Every snapshot holds one per file, so this is most of its memory.
 pub struct File {
+    /// Its identity; the two low bits are its flags (an id is still never reused).
     pub id: NodeId,
     /// BLAKE3 of the bytes alone, so a read can re-verify content without the tree.
     pub content: Hash,
-    pub executable: bool,
     pub stamp: Stamp,
+}
+
+const _: () = assert!(std::mem::size_of::<File>() == 72);
+
+/// What a [`File`] derefs to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FileFlags {
+    /// The owner-executable bit.
+    pub executable: bool,
     /// The stamp may not be trusted to prove the bytes unchanged: the file was modified within
     /// the timestamp granularity of being hashed (git's "racily clean" entries).
     pub racy: bool,
 }
 
+const EXECUTABLE: u64 = 1;
+const RACY: u64 = 2;
+
+static FLAGS: [FileFlags; 4] = [
+    FileFlags {
+        executable: false,
+        racy: false,
+    },
+    FileFlags {
+        executable: true,
+        racy: false,
+    },
+    FileFlags {
+        executable: false,
+        racy: true,
+    },
+    FileFlags {
+        executable: true,
+        racy: true,
+    },
+];
+
 impl File {
     pub fn new(content: Hash, executable: bool, stamp: Stamp, racy: bool) -> Self {
+        let flags = if executable { EXECUTABLE } else { 0 } | if racy { RACY } else { 0 };
         File {
-            id: NodeId::fresh(),
+            id: NodeId::fresh_with(flags),
             content,
-            executable,
             stamp,
-            racy,
         }
     }
 
     pub fn size(&self) -> u64 {
         self.stamp.size
+    }
+}
+
+impl std::ops::Deref for File {
+    type Target = FileFlags;
+    fn deref(&self) -> &FileFlags {
+        &FLAGS[(self.id.0 % ID_STEP) as usize]
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("id", &self.id)
+            .field("content", &self.content)
+            .field("executable", &self.executable)
+            .field("stamp", &self.stamp)
+            .field("racy", &self.racy)
+            .finish()
     }
 }
 
@@ -95,9 +154,211 @@ impl Symlink {
     }
 }
 
+/// A directory entry's name: its raw bytes, kept inline when they fit in 16 bytes (a name never
+/// contains a NUL byte, which marks the end of a shorter one), else in an allocation of their own.
+/// Derefs to `[u8]`, so it reads like the `Box<[u8]>` it replaces at 16 bytes instead of 16 plus
+/// an allocation.
+pub struct Name(Repr);
+
+#[repr(C)]
+union Repr {
+    /// Used when `inline[0] != 0`: the name, padded with NUL bytes.
+    inline: [u8; INLINE],
+    heap: Heap,
+}
+
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Heap {
+    /// Byte 0 is 0 (that is what tells the two apart); bytes 1..8 the length, little-endian.
+    tag_len: [u8; 8],
+    /// The start of a `Box<[u8]>` of that length, or dangling when the length is 0.
+    ptr: std::ptr::NonNull<u8>,
+}
+
+const INLINE: usize = 16;
+
+// SAFETY: a `Name` owns its bytes and never mutates them, like a `Box<[u8]>`.
+unsafe impl Send for Name {}
+// SAFETY: as above.
+unsafe impl Sync for Name {}
+
+impl Name {
+    pub fn new(bytes: &[u8]) -> Self {
+        match Self::try_inline(bytes) {
+            Some(n) => n,
+            None => Self::heap(bytes.into()),
+        }
+    }
+
+    fn try_inline(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() > INLINE || bytes.contains(&0) {
+            return None;
+        }
+        let mut inline = [0; INLINE];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Some(Name(Repr { inline }))
+    }
+
+    fn heap(bytes: Box<[u8]>) -> Self {
+        let len = bytes.len() as u64;
+        let mut tag_len = (len << 8).to_le_bytes();
+        tag_len[0] = 0;
+        let ptr = if bytes.is_empty() {
+            std::ptr::NonNull::dangling()
+        } else {
+            // SAFETY: `Box::into_raw` never returns null.
+            unsafe { std::ptr::NonNull::new_unchecked(Box::into_raw(bytes).cast::<u8>()) }
+        };
+        Name(Repr {
+            heap: Heap { tag_len, ptr },
+        })
+    }
+
+    fn is_inline(&self) -> bool {
+        // SAFETY: both variants are plain bytes at offset 0.
+        unsafe { self.0.inline[0] != 0 }
+    }
+
+    fn heap_parts(&self) -> (std::ptr::NonNull<u8>, usize) {
+        // SAFETY: only called when the name is not inline.
+        let h = unsafe { self.0.heap };
+        (h.ptr, (u64::from_le_bytes(h.tag_len) >> 8) as usize)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        if self.is_inline() {
+            // SAFETY: checked inline above.
+            let inline = unsafe { &self.0.inline };
+            // The padding is the run of NUL bytes at the end; a name has none of its own.
+            let padding = u128::from_le_bytes(*inline).leading_zeros() as usize / 8;
+            &inline[..INLINE - padding]
+        } else {
+            let (ptr, len) = self.heap_parts();
+            // SAFETY: `ptr` is the start of a live `Box<[u8]>` of `len` bytes (or dangling
+            // with `len` 0), owned by `self`.
+            unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len) }
+        }
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        if !self.is_inline() {
+            let (ptr, len) = self.heap_parts();
+            if len > 0 {
+                // SAFETY: made by `Box::into_raw` in `Name::heap` with this length.
+                drop(unsafe {
+                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr.as_ptr(), len))
+                });
+            }
+        }
+    }
+}
+
+impl Clone for Name {
+    fn clone(&self) -> Self {
+        if self.is_inline() {
+            // SAFETY: checked inline.
+            Name(Repr {
+                inline: unsafe { self.0.inline },
+            })
+        } else {
+            Self::heap(self.as_bytes().into())
+        }
+    }
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        Self::heap(Box::default())
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for Name {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Name {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl From<&[u8]> for Name {
+    fn from(bytes: &[u8]) -> Self {
+        Name::new(bytes)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name::new(s.as_bytes())
+    }
+}
+
+impl From<Box<[u8]>> for Name {
+    fn from(bytes: Box<[u8]>) -> Self {
+        Self::try_inline(&bytes).unwrap_or_else(|| Self::heap(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Name {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::try_inline(&bytes).unwrap_or_else(|| Self::heap(bytes.into_boxed_slice()))
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_bytes().fmt(f)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialEq<[u8]> for Name {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
 #[derive(Debug)]
 pub struct Entry {
-    pub name: Box<[u8]>,
+    pub name: Name,
     pub node: Node,
 }
 
@@ -113,18 +374,41 @@ impl Dir {
     /// Builds a directory; `entries` may come in any order.
     pub fn new(mut entries: Vec<Entry>) -> Self {
         entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Self::from_sorted(entries.into_boxed_slice())
+    }
+
+    /// Builds a directory from entries already in order (strictly ascending names).
+    pub(crate) fn from_sorted(entries: Box<[Entry]>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].name < w[1].name));
         let mut h = blake3::Hasher::new();
         h.update(b"srcstore-dir\0");
-        for e in &entries {
+        for e in entries.iter() {
             h.update(&(e.name.len() as u64).to_le_bytes());
             h.update(&e.name);
             h.update(&e.node.hash());
         }
+        Self::with_hash(*h.finalize().as_bytes(), entries)
+    }
+
+    /// A directory whose hash is already known (and was checked when it was first computed):
+    /// the index stores it. `entries` must be in order.
+    pub(crate) fn with_hash(hash: Hash, entries: Box<[Entry]>) -> Self {
         Dir {
             id: NodeId::fresh(),
-            hash: *h.finalize().as_bytes(),
-            entries: entries.into_boxed_slice(),
+            hash,
+            entries,
         }
+    }
+
+    /// Whether `entries` (in order) are exactly this directory's: the same names for the same
+    /// nodes, so its hash holds for them too.
+    pub(crate) fn same_entries(&self, entries: &[Entry]) -> bool {
+        self.entries.len() == entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(entries)
+                .all(|(a, b)| a.node.id() == b.node.id() && a.name == b.name)
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Node> {
@@ -267,6 +551,55 @@ mod tests {
         let a = dir(vec![("ab", file(b"", false))]);
         let b = dir(vec![("a", file(b"", false))]);
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn names_read_back_as_their_bytes_inline_or_not() {
+        let long = [b'x'; 300];
+        let cases: [&[u8]; 9] = [
+            b"a",
+            b"module_000123.js",
+            b"module_0001234.js",
+            b"\xff\xfe",
+            b"with\0nul",
+            b"",
+            &long,
+            b"0123456789abcde",
+            b"\x01",
+        ];
+        for bytes in cases {
+            for n in [
+                Name::new(bytes),
+                Name::from(bytes.to_vec()),
+                Name::from(Box::<[u8]>::from(bytes)),
+            ] {
+                assert_eq!(&*n, bytes);
+                assert_eq!(&*n.clone(), bytes);
+                assert_eq!(n, Name::new(bytes));
+            }
+        }
+        assert_eq!(std::mem::size_of::<Name>(), 16);
+        assert!(Name::new(b"a") < Name::new(b"ab"));
+        assert!(Name::new(b"module_000123.js") < Name::new(b"module_000123.jsx"));
+        assert_eq!(Name::default().len(), 0);
+    }
+
+    #[test]
+    fn a_files_flags_read_back_and_ids_stay_distinct() {
+        let stamp = Stamp {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            ino: 4,
+        };
+        let mut ids = std::collections::HashSet::new();
+        for (exec, racy) in [(false, false), (true, false), (false, true), (true, true)] {
+            let f = File::new([7; 32], exec, stamp, racy);
+            assert_eq!((f.executable, f.racy), (exec, racy));
+            assert_eq!((f.content, f.stamp, f.size()), ([7; 32], stamp, 1));
+            assert!(ids.insert(f.id));
+            assert!(ids.insert(Node::Symlink(Arc::new(Symlink::new(b"t".to_vec().into()))).id()));
+        }
     }
 
     #[test]

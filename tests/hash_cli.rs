@@ -249,6 +249,68 @@ fn a_file_that_keeps_changing_while_hashed_is_named_not_hashed() {
     assert!(index_files(&sb).is_empty());
 }
 
+/// A file cut short and regrown with other bytes while it is hashed: either the error names it,
+/// or the hash is that of a version the file really had, never of a mix.
+#[test]
+fn a_file_cut_and_regrown_while_hashed_is_named_or_hashed_whole() {
+    const SMALL: usize = 1 << 20;
+    const BIG: usize = 32 << 20;
+    let version = |fill: Option<u8>| -> Vec<u8> {
+        let mut v = vec![1u8; SMALL];
+        if let Some(b) = fill {
+            v.resize(BIG, b);
+        }
+        v
+    };
+    let sb = Sandbox::new();
+    let versions = [None, Some(2), Some(3)].map(|fill| {
+        let dir = sb.path(&format!("version-{}", fill.unwrap_or(0)));
+        write(&dir.join("shrinking"), version(fill));
+        sb.hash(&dir)
+    });
+    let p = sb.path("proj");
+    write(&p.join("shrinking"), version(Some(2)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let writer = {
+        let (stop, started, path) = (stop.clone(), started.clone(), p.join("shrinking"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+            for round in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                f.set_len(SMALL as u64).unwrap();
+                let fill = vec![2 + (round % 2) as u8; BIG - SMALL];
+                f.write_all_at(&fill, SMALL as u64).unwrap();
+                if round == 1 {
+                    started.wait();
+                }
+            }
+        })
+    };
+    // The hash starts while the file is already being cut and regrown.
+    started.wait();
+    let out = sb.run(&["hash", "--no-index", "--json", p.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    if out.status.success() {
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hash = got["hash"].as_str().unwrap();
+        assert!(
+            versions.iter().any(|v| v.starts_with(hash)),
+            "a hash of no version the file had: {hash}, versions {versions:?}"
+        );
+    } else {
+        let err = support::stderr(&out);
+        assert!(
+            err.contains("shrinking") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn a_second_run_of_an_unchanged_tree_hashes_nothing() {
     let sb = Sandbox::new();
