@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// one-line message is enough for a user to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// The cause is part of the message (and so not a `source`, which would repeat it in a chain).
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path}: not a directory (srcstore snapshots a project directory)")]
     NotADirectory { path: PathBuf },
     #[error("{path}: {kind} cannot be stored by Nix; remove it or add it to .srcstoreignore")]
@@ -22,10 +23,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 }

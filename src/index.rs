@@ -32,10 +32,10 @@ pub enum IndexError {
     Corrupt(PathBuf),
     #[error("index {path} belongs to {other}")]
     OtherProject { path: PathBuf, other: PathBuf },
-    #[error("index {path}: {source}")]
+    #[error("index {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -85,9 +85,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Reads an index; `Ok(None)` when there is none yet.
 pub fn load(path: &Path, project: &Path, filter: Filter) -> Result<Option<Node>, IndexError> {
-    let io = |source| IndexError::Io {
+    let io = |cause| IndexError::Io {
         path: path.into(),
-        source,
+        cause,
     };
     let bytes = match fs::read(path) {
         Ok(b) => b,
@@ -135,9 +135,9 @@ pub fn load(path: &Path, project: &Path, filter: Filter) -> Result<Option<Node>,
 
 /// Writes an index atomically.
 pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<(), IndexError> {
-    let io = |source| IndexError::Io {
+    let io = |cause| IndexError::Io {
         path: path.into(),
-        source,
+        cause,
     };
     let mut count = 0u64;
     tree.visit(&mut |_, _| count += 1);

@@ -117,10 +117,10 @@ impl Reader {
         }
         let backing = match self.root.open_file(rel) {
             Ok(f) => f,
-            Err(crate::Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(crate::Error::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
                 return Err(ReadError::Stale(path()))
             }
-            Err(crate::Error::Io { source, .. }) => return Err(ReadError::Io(path(), source)),
+            Err(crate::Error::Io { cause, .. }) => return Err(ReadError::Io(path(), cause)),
             Err(_) => return Err(ReadError::Stale(path())),
         };
         let stamp = stamp_of(&backing).map_err(|e| ReadError::Io(path(), e))?;

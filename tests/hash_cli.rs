@@ -206,6 +206,11 @@ fn unreadable_files_and_directories_are_named() {
         !out.status.success() && err.contains("locked") && err.lines().count() == 1,
         "{err}"
     );
+    assert_eq!(
+        err.matches("Permission denied").count(),
+        1,
+        "the cause once: {err}"
+    );
     support::chmod(&p.join("locked"), 0o644);
 
     write(&p.join("closed/inner"), "x");
