@@ -154,124 +154,48 @@ impl Symlink {
     }
 }
 
-/// A directory entry's name: its raw bytes, kept inline when they fit in 16 bytes (a name never
-/// contains a NUL byte, which marks the end of a shorter one), else in an allocation of their own.
-/// Derefs to `[u8]`, so it reads like the `Box<[u8]>` it replaces at 16 bytes instead of 16 plus
-/// an allocation.
+/// A directory entry's name: its raw bytes, kept inline when they fit (most names do), else in
+/// an allocation of their own. At 24 bytes it is the size of a `Vec<u8>` and saves the
+/// allocation a `Box<[u8]>` would need for every entry of every snapshot.
+#[derive(Clone)]
 pub struct Name(Repr);
 
-#[repr(C)]
-union Repr {
-    /// Used when `inline[0] != 0`: the name, padded with NUL bytes.
-    inline: [u8; INLINE],
-    heap: Heap,
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Boxed(Box<[u8]>),
 }
 
-#[repr(C)]
-#[derive(Copy, Clone)]
-struct Heap {
-    /// Byte 0 is 0 (that is what tells the two apart); bytes 1..8 the length, little-endian.
-    tag_len: [u8; 8],
-    /// The start of a `Box<[u8]>` of that length, or dangling when the length is 0.
-    ptr: std::ptr::NonNull<u8>,
-}
+/// The longest name kept inline: what fits beside the length and the variant's tag.
+const INLINE: usize = 22;
 
-const INLINE: usize = 16;
-
-// SAFETY: a `Name` owns its bytes and never mutates them, like a `Box<[u8]>`.
-unsafe impl Send for Name {}
-// SAFETY: as above.
-unsafe impl Sync for Name {}
+const _: () = assert!(std::mem::size_of::<Name>() == 24);
 
 impl Name {
     pub fn new(bytes: &[u8]) -> Self {
-        match Self::try_inline(bytes) {
-            Some(n) => n,
-            None => Self::heap(bytes.into()),
-        }
+        Self::try_inline(bytes).unwrap_or_else(|| Name(Repr::Boxed(bytes.into())))
     }
 
     fn try_inline(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() || bytes.len() > INLINE || bytes.contains(&0) {
-            return None;
-        }
         let mut inline = [0; INLINE];
-        inline[..bytes.len()].copy_from_slice(bytes);
-        Some(Name(Repr { inline }))
-    }
-
-    fn heap(bytes: Box<[u8]>) -> Self {
-        let len = bytes.len() as u64;
-        let mut tag_len = (len << 8).to_le_bytes();
-        tag_len[0] = 0;
-        let ptr = if bytes.is_empty() {
-            std::ptr::NonNull::dangling()
-        } else {
-            // SAFETY: `Box::into_raw` never returns null.
-            unsafe { std::ptr::NonNull::new_unchecked(Box::into_raw(bytes).cast::<u8>()) }
-        };
-        Name(Repr {
-            heap: Heap { tag_len, ptr },
-        })
-    }
-
-    fn is_inline(&self) -> bool {
-        // SAFETY: both variants are plain bytes at offset 0.
-        unsafe { self.0.inline[0] != 0 }
-    }
-
-    fn heap_parts(&self) -> (std::ptr::NonNull<u8>, usize) {
-        // SAFETY: only called when the name is not inline.
-        let h = unsafe { self.0.heap };
-        (h.ptr, (u64::from_le_bytes(h.tag_len) >> 8) as usize)
+        inline.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Name(Repr::Inline {
+            len: bytes.len() as u8,
+            bytes: inline,
+        }))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        if self.is_inline() {
-            // SAFETY: checked inline above.
-            let inline = unsafe { &self.0.inline };
-            // The padding is the run of NUL bytes at the end; a name has none of its own.
-            let padding = u128::from_le_bytes(*inline).leading_zeros() as usize / 8;
-            &inline[..INLINE - padding]
-        } else {
-            let (ptr, len) = self.heap_parts();
-            // SAFETY: `ptr` is the start of a live `Box<[u8]>` of `len` bytes (or dangling
-            // with `len` 0), owned by `self`.
-            unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len) }
-        }
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        if !self.is_inline() {
-            let (ptr, len) = self.heap_parts();
-            if len > 0 {
-                // SAFETY: made by `Box::into_raw` in `Name::heap` with this length.
-                drop(unsafe {
-                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr.as_ptr(), len))
-                });
-            }
-        }
-    }
-}
-
-impl Clone for Name {
-    fn clone(&self) -> Self {
-        if self.is_inline() {
-            // SAFETY: checked inline.
-            Name(Repr {
-                inline: unsafe { self.0.inline },
-            })
-        } else {
-            Self::heap(self.as_bytes().into())
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Boxed(b) => b,
         }
     }
 }
 
 impl Default for Name {
     fn default() -> Self {
-        Self::heap(Box::default())
+        Name::new(b"")
     }
 }
 
@@ -308,13 +232,13 @@ impl From<&str> for Name {
 
 impl From<Box<[u8]>> for Name {
     fn from(bytes: Box<[u8]>) -> Self {
-        Self::try_inline(&bytes).unwrap_or_else(|| Self::heap(bytes))
+        Self::try_inline(&bytes).unwrap_or(Name(Repr::Boxed(bytes)))
     }
 }
 
 impl From<Vec<u8>> for Name {
     fn from(bytes: Vec<u8>) -> Self {
-        Self::try_inline(&bytes).unwrap_or_else(|| Self::heap(bytes.into_boxed_slice()))
+        Self::try_inline(&bytes).unwrap_or_else(|| Name(Repr::Boxed(bytes.into_boxed_slice())))
     }
 }
 
@@ -556,7 +480,7 @@ mod tests {
     #[test]
     fn names_read_back_as_their_bytes_inline_or_not() {
         let long = [b'x'; 300];
-        let cases: [&[u8]; 9] = [
+        let cases: [&[u8]; 10] = [
             b"a",
             b"module_000123.js",
             b"module_0001234.js",
@@ -564,7 +488,8 @@ mod tests {
             b"with\0nul",
             b"",
             &long,
-            b"0123456789abcde",
+            b"0123456789abcdef012345",
+            b"0123456789abcdef0123456",
             b"\x01",
         ];
         for bytes in cases {
@@ -578,7 +503,6 @@ mod tests {
                 assert_eq!(n, Name::new(bytes));
             }
         }
-        assert_eq!(std::mem::size_of::<Name>(), 16);
         assert!(Name::new(b"a") < Name::new(b"ab"));
         assert!(Name::new(b"module_000123.js") < Name::new(b"module_000123.jsx"));
         assert_eq!(Name::default().len(), 0);
