@@ -36,22 +36,7 @@ log() { echo "mount.sh: $*" >&2; }
 command -v bindfs >/dev/null || { log "bindfs is needed (apt-get install bindfs)"; exit 1; }
 command -v fusermount3 >/dev/null || { log "fusermount3 is needed (apt-get install fuse3)"; exit 1; }
 
-if [ -n "${SRCSTORE:-}" ]; then
-  B=$SRCSTORE; version="$B"
-elif [ -n "${REV:-}" ]; then
-  sha=$(git -C "$repo" rev-parse --verify "$REV^{commit}")
-  src=${BENCH_TMP:-/var/tmp}/srcstore-build-${sha:0:12}
-  if [ ! -x "$src/target/release/srcstore" ]; then
-    log "building ${sha:0:12} in $src"
-    rm -rf "$src"; mkdir -p "$src"; git -C "$repo" archive "$sha" | tar -x -C "$src"
-    (cd "$src" && cargo build --release --bin srcstore --quiet)
-  fi
-  B=$src/target/release/srcstore; version="${sha:0:7} (clean build of that commit)"
-else
-  log "building the release binary"
-  (cd "$repo" && cargo build --release --bin srcstore --quiet)
-  B=$repo/target/release/srcstore; version=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo '?')
-fi
+source "$here/binary.sh"
 daemon_args=(--allow-other --no-ignore)
 [ -n "${THREADS:-}" ] && daemon_args+=(--threads "$THREADS")
 

@@ -39,23 +39,7 @@ fi
 have_nix=1
 command -v nix >/dev/null || { have_nix=0; log "nix not found (scripts/setup-machine installs it): skipping the nix comparison"; }
 
-if [ -n "${SRCSTORE:-}" ]; then
-  B=$SRCSTORE; version="$B"
-elif [ -n "${REV:-}" ]; then
-  # A clean build of one commit, away from the work tree (cached between runs).
-  sha=$(git -C "$repo" rev-parse --verify "$REV^{commit}")
-  src=${BENCH_TMP:-/var/tmp}/srcstore-build-${sha:0:12}
-  if [ ! -x "$src/target/release/srcstore" ]; then
-    log "building ${sha:0:12} in $src"
-    rm -rf "$src"; mkdir -p "$src"; git -C "$repo" archive "$sha" | tar -x -C "$src"
-    (cd "$src" && cargo build --release --bin srcstore --quiet)
-  fi
-  B=$src/target/release/srcstore; version="${sha:0:7} (clean build of that commit)"
-else
-  log "building the release binary"
-  (cd "$repo" && cargo build --release --bin srcstore --quiet)
-  B=$repo/target/release/srcstore; version=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo '?')
-fi
+source "$here/binary.sh"
 
 T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-bench.XXXXXX")
 cleanup() { if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi; }
