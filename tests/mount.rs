@@ -280,20 +280,38 @@ fn a_second_daemon_for_the_same_project_refuses_and_names_the_first() {
 }
 
 #[test]
-fn the_project_directory_removed_stops_the_daemon_with_a_clear_message() {
+fn the_project_directory_removed_or_moved_stops_the_daemon_with_a_clear_message() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let mut d = Daemon::start(&sb, &p, &[]);
-    fs::remove_dir_all(&p).unwrap();
-    let status = d
-        .wait_exit(10)
-        .expect("the daemon kept running without its project");
-    assert!(!status.success());
-    let log = d.log_text();
-    assert!(
-        log.contains("removed or moved") && log.contains(p.to_str().unwrap()),
-        "{log}"
-    );
+    let removed = project(&sb);
+    let moved = sb.path("moved");
+    fs::create_dir_all(&moved).unwrap();
+    write(&moved.join("f"), "f");
+    let mnt_removed = sb.path("mnt-removed");
+    let mnt_moved = sb.path("mnt-moved");
+    let mut d_removed = Daemon::start_at(&sb, &removed, &mnt_removed, &[]);
+    let mut d_moved = Daemon::start_at(&sb, &moved, &mnt_moved, &[]);
+    fs::remove_dir_all(&removed).unwrap();
+    fs::rename(&moved, sb.path("elsewhere")).unwrap();
+    for (d, p, mnt) in [
+        (&mut d_removed, &removed, &mnt_removed),
+        (&mut d_moved, &moved, &mnt_moved),
+    ] {
+        let status = d
+            .wait_exit(10)
+            .unwrap_or_else(|| panic!("the daemon kept running without {}", p.display()));
+        assert!(!status.success());
+        let log = d.log_text();
+        assert!(
+            log.contains("removed or moved") && log.contains(p.to_str().unwrap()),
+            "{log}"
+        );
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(mnt)
+            .status()
+            .unwrap();
+        assert!(!mounted.success(), "{} is still mounted", mnt.display());
+    }
 }
 
 #[test]
