@@ -1,0 +1,558 @@
+//! Scanning a whole project: a parallel walk over directory descriptors that builds each
+//! directory's node as soon as everything below it is known.
+//!
+//! - Each directory is listed once, through a descriptor opened beneath its parent's (never
+//!   through a symlink); its entries are stat-ed (`fstatat`) and opened relative to it, so no
+//!   path is resolved twice.
+//! - A directory's entries are sorted once and matched against the previous tree's directory in
+//!   one merge, not looked up path by path. A directory whose entries come out as exactly the
+//!   previous one's (same names, same nodes) is that node again, without hashing.
+//! - Work is a shared stack of tasks (list a directory, hash a file), so one large directory's
+//!   files are hashed by every thread. A directory's node is built by whichever thread finishes
+//!   its last piece of work, then handed to its parent; memory holds the finished nodes and the
+//!   unfinished directories along the frontier, nothing per path.
+//! - With [`Filter::Ignore`], the ignore files are read from the listing (the `ignore` crate's
+//!   `Gitignore` matchers) with the precedence its walker gives them; see [`super::rules`].
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rustix::fs::{AtFlags, FileType, RawDir};
+
+use super::rules::{Found, Level, Rules};
+use super::{is_reserved_name, Filter, ScanStats, Scanner};
+use crate::read::{self, Attempt, Root};
+use crate::tree::{Dir, Entry, File, Name, Node, Stamp, Symlink};
+use crate::Error;
+
+pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), Error> {
+    let rules = match scanner.filter {
+        Filter::Ignore => Some(Rules::new(root.path())?),
+        Filter::All => None,
+    };
+    let prev = match &scanner.previous {
+        Some(Node::Dir(d)) => Some(d.clone()),
+        _ => None,
+    };
+    let walk = Shared {
+        root,
+        rules: rules.as_ref(),
+        hook: scanner.on_dir.as_deref(),
+        progress: &scanner.progress,
+        threads: scanner.threads.max(1),
+        queue: Mutex::new(Queue::default()),
+        wake: Condvar::new(),
+        failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        result: Mutex::new(None),
+    };
+    let job = Arc::new(Job {
+        rel: Box::default(),
+        parent: None,
+        prev,
+        level: rules.as_ref().map(|r| r.top()),
+        entries: Mutex::new(Vec::new()),
+        pending: AtomicUsize::new(1),
+    });
+    walk.queue.lock().unwrap().tasks.push(Task::List {
+        job,
+        parent_fd: None,
+    });
+    let mut stats = ScanStats::default();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (1..walk.threads).map(|_| s.spawn(|| walk.work())).collect();
+        let mine = walk.work();
+        for w in workers {
+            add(&mut stats, &w.join().expect("a scan thread panicked"));
+        }
+        add(&mut stats, &mine);
+    });
+    if let Some(e) = walk.error.into_inner().unwrap() {
+        return Err(e);
+    }
+    let tree = walk
+        .result
+        .into_inner()
+        .unwrap()
+        .expect("a walk that did not fail finished its root");
+    Ok((tree, stats))
+}
+
+fn add(total: &mut ScanStats, s: &ScanStats) {
+    total.files += s.files;
+    total.dirs += s.dirs;
+    total.symlinks += s.symlinks;
+    total.bytes += s.bytes;
+    total.hashed += s.hashed;
+}
+
+struct Shared<'a> {
+    root: &'a Root,
+    rules: Option<&'a Rules>,
+    hook: Option<&'a super::DirHookFn>,
+    progress: &'a AtomicU64,
+    threads: usize,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+    result: Mutex<Option<Node>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Last in, first out: a directory's files are hashed before its subdirectories are
+    /// listed, which keeps few directories open and unfinished at a time.
+    tasks: Vec<Task>,
+    idle: usize,
+    done: bool,
+}
+
+enum Task {
+    /// List a directory, opened below `parent_fd` (the project root when `None`).
+    List {
+        job: Arc<Job>,
+        parent_fd: Option<Arc<OwnedFd>>,
+    },
+    /// Hash the file in slot `slot` of `job`, in the directory `dir_fd`.
+    Hash {
+        job: Arc<Job>,
+        slot: usize,
+        name: Name,
+        dir_fd: Arc<OwnedFd>,
+        /// The stamp the listing saw, if it stat-ed the file.
+        expected: Option<Stamp>,
+    },
+}
+
+/// A directory being built.
+struct Job {
+    /// Its path below the project root (empty for the root).
+    rel: Box<[u8]>,
+    /// Where its node goes when it is finished.
+    parent: Option<(Arc<Job>, usize)>,
+    /// The directory at the same place in the previous tree.
+    prev: Option<Arc<Dir>>,
+    /// The ignore rules in force for its entries' parent (its own are added when it is listed).
+    level: Option<Arc<Level>>,
+    /// Its entries in order, once listed; unfinished ones hold [`placeholder`].
+    entries: Mutex<Vec<Entry>>,
+    /// Pieces of work still outstanding: the listing, then one per unfinished entry.
+    pending: AtomicUsize,
+}
+
+impl Job {
+    fn child_rel(&self, name: &[u8]) -> Box<[u8]> {
+        let mut rel = Vec::with_capacity(self.rel.len() + 1 + name.len());
+        rel.extend_from_slice(&self.rel);
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name);
+        rel.into()
+    }
+}
+
+/// What an unfinished entry holds until its node is known.
+fn placeholder() -> Node {
+    static EMPTY: std::sync::LazyLock<Node> =
+        std::sync::LazyLock::new(|| Node::Dir(Arc::new(Dir::new(Vec::new()))));
+    EMPTY.clone()
+}
+
+/// What an entry turned out to be (from `d_type`, or a stat when that says nothing).
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Other(FileType),
+    Unknown,
+}
+
+fn kind_of(t: FileType) -> Kind {
+    match t {
+        FileType::Directory => Kind::Dir,
+        FileType::RegularFile => Kind::File,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Unknown => Kind::Unknown,
+        other => Kind::Other(other),
+    }
+}
+
+fn unsupported(path: PathBuf, t: FileType) -> Error {
+    let kind = match t {
+        FileType::Fifo => "a named pipe (fifo)",
+        FileType::Socket => "a socket",
+        FileType::BlockDevice | FileType::CharacterDevice => "a device node",
+        _ => "a special file",
+    };
+    Error::UnsupportedFileType { path, kind }
+}
+
+thread_local! {
+    static DIRENTS: std::cell::RefCell<Vec<MaybeUninit<u8>>> =
+        std::cell::RefCell::new(vec![MaybeUninit::uninit(); 32 * 1024]);
+}
+
+impl Shared<'_> {
+    /// One thread's share of the walk: takes tasks until there are none left anywhere.
+    fn work(&self) -> ScanStats {
+        let mut stats = ScanStats::default();
+        while let Some(task) = self.next() {
+            if self.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let result = match task {
+                Task::List { job, parent_fd } => self.list(job, parent_fd, &mut stats),
+                Task::Hash {
+                    job,
+                    slot,
+                    name,
+                    dir_fd,
+                    expected,
+                } => self.hash(job, slot, &name, &dir_fd, expected, &mut stats),
+            };
+            if let Err(e) = result {
+                self.fail(e);
+            }
+        }
+        stats
+    }
+
+    fn next(&self) -> Option<Task> {
+        let mut q = self.queue.lock().unwrap();
+        loop {
+            if q.done {
+                return None;
+            }
+            if let Some(t) = q.tasks.pop() {
+                return Some(t);
+            }
+            q.idle += 1;
+            if q.idle == self.threads {
+                // Nobody is working, so nobody will add work: the walk is over.
+                q.done = true;
+                self.wake.notify_all();
+                return None;
+            }
+            q = self.wake.wait(q).unwrap();
+            q.idle -= 1;
+        }
+    }
+
+    fn push(&self, tasks: impl IntoIterator<Item = Task>) {
+        let mut q = self.queue.lock().unwrap();
+        let before = q.tasks.len();
+        q.tasks.extend(tasks);
+        let added = q.tasks.len() - before;
+        if q.idle > 0 && added > 0 {
+            if added == 1 {
+                self.wake.notify_one();
+            } else {
+                self.wake.notify_all();
+            }
+        }
+    }
+
+    fn fail(&self, e: Error) {
+        self.error.lock().unwrap().get_or_insert(e);
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.path().to_path_buf()
+        } else {
+            self.root.path().join(std::ffi::OsStr::from_bytes(rel))
+        }
+    }
+
+    fn list(
+        &self,
+        job: Arc<Job>,
+        parent_fd: Option<Arc<OwnedFd>>,
+        stats: &mut ScanStats,
+    ) -> Result<(), Error> {
+        let dir_path = self.abs(&job.rel);
+        if let Some(hook) = self.hook {
+            hook(&dir_path)?;
+        }
+        let io = |e: std::io::Error| Error::io(&dir_path, e);
+        let fd = match (&parent_fd, job.rel.is_empty()) {
+            (_, true) => read::open_dir_at(self.root.fd(), b".").map_err(io)?,
+            (Some(p), false) => {
+                let name = super::split(&job.rel).1;
+                read::open_dir_at(p.as_fd(), name).map_err(io)?
+            }
+            (None, false) => read::open_dir_at(self.root.fd(), &job.rel).map_err(io)?,
+        };
+        drop(parent_fd);
+
+        // The listing, minus what is never part of a snapshot.
+        let mut found = Found::default();
+        let mut listed: Vec<(Name, Kind)> = Vec::new();
+        DIRENTS.with_borrow_mut(|buf| -> Result<(), Error> {
+            let mut dir = RawDir::new(&fd, buf);
+            while let Some(entry) = dir.next() {
+                let entry = entry.map_err(|e| io(e.into()))?;
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                found.note(name);
+                if is_reserved_name(name) {
+                    continue;
+                }
+                listed.push((Name::new(name), kind_of(entry.file_type())));
+            }
+            Ok(())
+        })?;
+
+        // The ignore rules: this directory's own files, then every entry matched.
+        let level = match (self.rules, &job.level) {
+            (Some(rules), Some(parent)) => Some(rules.enter(parent, &dir_path, &found)),
+            _ => None,
+        };
+        if let (Some(rules), Some(level)) = (self.rules, &level) {
+            let mut path = dir_path.clone();
+            let mut failure = None;
+            listed.retain_mut(|(name, kind)| {
+                if failure.is_some() || **name == *b".git" {
+                    return false;
+                }
+                if *kind == Kind::Unknown {
+                    match self.stat(&fd, name, &job) {
+                        Ok(st) => *kind = kind_of(FileType::from_raw_mode(st.st_mode as _)),
+                        Err(e) => {
+                            failure = Some(e);
+                            return false;
+                        }
+                    }
+                }
+                if !rules.any(level) {
+                    return true;
+                }
+                path.push(std::ffi::OsStr::from_bytes(name));
+                let rel = job.child_rel(name);
+                let ignored = rules.is_ignored(level, &path, &rel, *kind == Kind::Dir);
+                path.pop();
+                !ignored
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        listed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+        // Each entry against the previous directory's (both in order), in one merge.
+        let fd = Arc::new(fd);
+        let prev_entries: &[Entry] = job.prev.as_ref().map_or(&[], |d| &d.entries);
+        let mut prev_at = 0;
+        let mut entries = Vec::with_capacity(listed.len());
+        let mut tasks = Vec::new();
+        for (slot, (name, kind)) in listed.into_iter().enumerate() {
+            while prev_at < prev_entries.len() && *prev_entries[prev_at].name < *name {
+                prev_at += 1;
+            }
+            let prev = prev_entries
+                .get(prev_at)
+                .filter(|e| e.name == name)
+                .map(|e| &e.node);
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            let node = self.entry(
+                &job,
+                &fd,
+                slot,
+                &name,
+                kind,
+                prev,
+                level.as_ref(),
+                &mut tasks,
+                stats,
+            )?;
+            entries.push(Entry { name, node });
+        }
+        *job.entries.lock().unwrap() = entries;
+        job.pending.fetch_add(tasks.len(), Ordering::Relaxed);
+        // Subdirectories first, so that this directory's files come off the stack first.
+        tasks.sort_by_key(|t| matches!(t, Task::Hash { .. }));
+        self.push(tasks);
+        drop(fd);
+        self.finish_one(job);
+        Ok(())
+    }
+
+    fn stat(&self, fd: &OwnedFd, name: &[u8], job: &Job) -> Result<rustix::fs::Stat, Error> {
+        rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io(self.abs(&job.child_rel(name)), e.into()))
+    }
+
+    /// The node of one entry, or a placeholder and the task that will finish it.
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        job: &Arc<Job>,
+        fd: &Arc<OwnedFd>,
+        slot: usize,
+        name: &Name,
+        mut kind: Kind,
+        prev: Option<&Node>,
+        level: Option<&Arc<Level>>,
+        tasks: &mut Vec<Task>,
+        stats: &mut ScanStats,
+    ) -> Result<Node, Error> {
+        let mut st = None;
+        // A file the previous tree has is checked by its stamp; so is anything `d_type`
+        // does not name.
+        if kind == Kind::Unknown || (kind == Kind::File && matches!(prev, Some(Node::File(_)))) {
+            let s = self.stat(fd, name, job)?;
+            kind = kind_of(FileType::from_raw_mode(s.st_mode as _));
+            st = Some(s);
+        }
+        match kind {
+            Kind::Dir => {
+                stats.dirs += 1;
+                let child = Arc::new(Job {
+                    rel: job.child_rel(name),
+                    parent: Some((job.clone(), slot)),
+                    prev: match prev {
+                        Some(Node::Dir(d)) => Some(d.clone()),
+                        _ => None,
+                    },
+                    level: level.cloned(),
+                    entries: Mutex::new(Vec::new()),
+                    pending: AtomicUsize::new(1),
+                });
+                tasks.push(Task::List {
+                    job: child,
+                    parent_fd: Some(fd.clone()),
+                });
+                Ok(placeholder())
+            }
+            Kind::Symlink => {
+                stats.symlinks += 1;
+                let target = rustix::fs::readlinkat(&**fd, &**name, Vec::new())
+                    .map_err(|e| Error::io(self.abs(&job.child_rel(name)), e.into()))?
+                    .into_bytes();
+                if let Some(Node::Symlink(old)) = prev {
+                    if *old.target == *target {
+                        return Ok(Node::Symlink(old.clone()));
+                    }
+                }
+                Ok(Node::Symlink(Arc::new(Symlink::new(target.into()))))
+            }
+            Kind::File => {
+                if let (Some(st), Some(Node::File(old))) = (&st, prev) {
+                    if !old.racy
+                        && old.stamp == read::stamp_of_stat(st)
+                        && old.executable == read::exec_of_stat(st)
+                    {
+                        stats.files += 1;
+                        stats.bytes += old.size();
+                        return Ok(Node::File(old.clone()));
+                    }
+                }
+                tasks.push(Task::Hash {
+                    job: job.clone(),
+                    slot,
+                    name: name.clone(),
+                    dir_fd: fd.clone(),
+                    expected: st.as_ref().map(read::stamp_of_stat),
+                });
+                Ok(placeholder())
+            }
+            Kind::Other(t) => Err(unsupported(self.abs(&job.child_rel(name)), t)),
+            Kind::Unknown => unreachable!("a stat always names the type"),
+        }
+    }
+
+    fn hash(
+        &self,
+        job: Arc<Job>,
+        slot: usize,
+        name: &Name,
+        dir_fd: &Arc<OwnedFd>,
+        mut expected: Option<Stamp>,
+        stats: &mut ScanStats,
+    ) -> Result<(), Error> {
+        let path = || self.abs(&job.child_rel(name));
+        // Like `read::hash_file`: a file seen to change is read once more, after it settled.
+        for attempt in 0..2 {
+            if attempt > 0 {
+                let st = self.stat(dir_fd, name, &job)?;
+                if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
+                    break;
+                }
+                let now = read::stamp_of_stat(&st);
+                read::settle(now);
+                expected = Some(now);
+            }
+            let attempt = match read::open_file_at(dir_fd.as_fd(), name) {
+                Ok(mut file) => read::hash_open(&mut file, expected),
+                // Not a file any more (a symlink is refused by the open).
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                    Ok(Attempt::NotAFile)
+                }
+                Err(e) => Err(e),
+            }
+            .map_err(|e| Error::io(path(), e))?;
+            let node = match attempt {
+                Attempt::Hashed(h) => {
+                    stats.files += 1;
+                    stats.bytes += h.stamp.size;
+                    stats.hashed += 1;
+                    Node::File(Arc::new(File::new(
+                        h.content,
+                        h.executable,
+                        h.stamp,
+                        h.racy,
+                    )))
+                }
+                // Not a regular file any more (the old walk failed here too): look again,
+                // then give up as for a file that keeps changing.
+                Attempt::Changed | Attempt::NotAFile => continue,
+            };
+            job.entries.lock().unwrap()[slot].node = node;
+            self.finish_one(job);
+            return Ok(());
+        }
+        Err(Error::Unstable { path: path() })
+    }
+
+    /// Marks one piece of `job`'s work done; the last one builds its node and hands it up,
+    /// finishing the parent too when that was its last piece.
+    fn finish_one(&self, mut job: Arc<Job>) {
+        loop {
+            if job.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            let entries = std::mem::take(&mut *job.entries.lock().unwrap()).into_boxed_slice();
+            let node = match &job.prev {
+                Some(old) if old.same_entries(&entries) => Node::Dir(old.clone()),
+                prev => {
+                    let dir = Dir::from_sorted(entries);
+                    match prev {
+                        Some(old) if old.hash == dir.hash => Node::Dir(old.clone()),
+                        _ => Node::Dir(Arc::new(dir)),
+                    }
+                }
+            };
+            match &job.parent {
+                Some((parent, slot)) => {
+                    parent.entries.lock().unwrap()[*slot].node = node;
+                    let parent = parent.clone();
+                    job = parent;
+                }
+                None => {
+                    *self.result.lock().unwrap() = Some(node);
+                    return;
+                }
+            }
+        }
+    }
+}
