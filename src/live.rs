@@ -390,9 +390,12 @@ struct Updater {
 impl Updater {
     fn run(self, rx: mpsc::Receiver<notify::Result<notify::Event>>) {
         let dir = self.shared.dir.clone();
+        // The changes of an update that failed (a fifo appeared, a file vanished mid-scan): they
+        // are tried again with the next burst, or the snapshot would never catch up with them.
+        let mut unapplied = Changes::default();
         while let Ok(first) = rx.recv() {
             let started = Instant::now();
-            let mut changes = Changes::default();
+            let mut changes = std::mem::take(&mut unapplied);
             let mut cookies = Vec::new();
             let mut next = Some(first);
             // A burst ends when it goes quiet for `settle` (or runs long); a waiting caller
@@ -411,9 +414,13 @@ impl Updater {
                 };
             }
             if !changes.is_empty() {
-                if let Err(stop) = self.apply(&changes, started) {
-                    let _ = self.on_stop.send(stop);
-                    return;
+                match self.apply(&changes, started) {
+                    Ok(true) => {}
+                    Ok(false) => unapplied = changes,
+                    Err(stop) => {
+                        let _ = self.on_stop.send(stop);
+                        return;
+                    }
                 }
             }
             if !cookies.is_empty() {
@@ -476,12 +483,15 @@ impl Updater {
     }
 
     /// Makes the next snapshot; `Err` when the project directory itself is gone.
-    fn apply(&self, changes: &Changes, started: Instant) -> Result<(), Stopped> {
+    /// Brings the current snapshot up to date; `Ok(false)` when the update failed (the error is
+    /// what `path` answers until one succeeds).
+    fn apply(&self, changes: &Changes, started: Instant) -> Result<bool, Stopped> {
         let current = self.shared.state.read().unwrap().current.clone();
         let result = Scanner::new(&self.shared.dir, self.shared.config.filter)
             .on_dir(self.hook.clone())
             .update(&current, changes);
         let mut state = self.shared.state.write().unwrap();
+        let applied = result.is_ok();
         match result {
             Ok((next, stats)) => {
                 state.error = None;
@@ -507,6 +517,6 @@ impl Updater {
         c.updates.fetch_add(1, Ordering::Relaxed);
         c.last_update_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(applied)
     }
 }

@@ -360,3 +360,34 @@ fn churn_ends_in_the_snapshot_of_what_is_on_disk() {
     let err = fs::read(path.join("missing")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn a_failed_update_loses_no_change_made_beside_it() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    fs::create_dir_all(p.join("other")).unwrap();
+    // A long settle window puts the edit and the fifo in one burst of changes.
+    let d = Daemon::start(&sb, &p, &["--settle-ms", "300"]);
+    write(&p.join("src/main.c"), "int main(void) { return 1; }\n");
+    let made = Command::new("mkfifo")
+        .arg(p.join("other/pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = sb.fails(&["path", p.to_str().unwrap()]);
+    assert!(
+        err.contains("other/pipe") && err.lines().count() == 1,
+        "{err}"
+    );
+    fs::remove_file(p.join("other/pipe")).unwrap();
+    let path = d.path(&sb);
+    assert_eq!(
+        path.file_name().unwrap().to_str().unwrap(),
+        sb.hash(&p),
+        "the edit made in the same burst as the fifo was lost"
+    );
+    assert_eq!(
+        fs::read_to_string(path.join("src/main.c")).unwrap(),
+        "int main(void) { return 1; }\n"
+    );
+}
