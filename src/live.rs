@@ -495,10 +495,15 @@ impl Updater {
         match result {
             Ok((next, stats)) => {
                 state.error = None;
-                if next.tree().id() != current.tree().id() {
-                    let name = next.basename();
+                let name = next.basename();
+                if name == current.basename() {
+                    // The same content under fresher stamps (a touch, a file re-hashed to what
+                    // it was): served from now on under the same name, and no new snapshot.
+                    state.current = next;
+                } else {
                     tracing::info!("snapshot {name} ({} files hashed)", stats.hashed);
                     let old = std::mem::replace(&mut state.current, next);
+                    state.kept.retain(|s| s.basename() != name);
                     state.kept.push_front(old);
                     state.kept.truncate(self.shared.config.keep);
                     drop(state);

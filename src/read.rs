@@ -204,7 +204,19 @@ pub(crate) fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Res
 }
 
 fn racy_at(stamp: Stamp, hashed_at_ns: i64) -> bool {
-    stamp.ctime_ns.max(stamp.mtime_ns) + RACY_WINDOW_NS >= hashed_at_ns
+    stamp.ctime_ns.max(stamp.mtime_ns) + racy_window_ns(stamp) >= hashed_at_ns
+}
+
+/// A stamp whose times have no fraction of a second most likely comes from a filesystem that
+/// keeps whole seconds (ext4 with 128-byte inodes, FAT's two seconds, some network mounts):
+/// there a write later in the same second, or two, keeps the stamp.
+fn racy_window_ns(stamp: Stamp) -> i64 {
+    const SECOND: i64 = 1_000_000_000;
+    if stamp.mtime_ns % SECOND == 0 && stamp.ctime_ns % SECOND == 0 {
+        2 * SECOND
+    } else {
+        RACY_WINDOW_NS
+    }
 }
 
 /// Whether a stamp taken now could still hide a change made in the same timestamp tick.
@@ -230,4 +242,30 @@ pub(crate) fn copy_into(r: &mut impl Read, w: &mut impl io::Write) -> io::Result
             total += n as u64;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(mtime_ns: i64) -> Stamp {
+        Stamp {
+            size: 1,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            ino: 1,
+        }
+    }
+
+    #[test]
+    fn a_stamp_proves_content_only_once_its_timestamp_tick_is_over() {
+        let fine = stamp(10_123_456_789);
+        assert!(racy_at(fine, 10_133_456_789), "10 ms after the change");
+        assert!(!racy_at(fine, 10_223_456_789), "100 ms after the change");
+        // Whole seconds: a write at 10.9 s still shows 10.0 s.
+        let coarse = stamp(10_000_000_000);
+        assert!(racy_at(coarse, 10_950_000_000));
+        assert!(racy_at(coarse, 11_500_000_000));
+        assert!(!racy_at(coarse, 12_100_000_000));
+    }
 }

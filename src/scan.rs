@@ -63,7 +63,11 @@ pub type DirHookFn = dyn Fn(&Path) -> Result<(), Error> + Send + Sync;
 
 pub(crate) enum Item {
     Dir,
-    File(Arc<File>),
+    /// `hashed`: its bytes were read (it may still be the previous node, if they proved the same).
+    File {
+        file: Arc<File>,
+        hashed: bool,
+    },
     Symlink(Arc<Symlink>),
     /// A subtree built elsewhere (kept from the previous tree, or walked separately).
     Node(Node),
@@ -240,10 +244,9 @@ impl<'a> Walk<'a> {
     fn visit(&self, path: &Path, rel: &[u8]) -> Result<Item, Error> {
         let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
         let ft = meta.file_type();
-        let previous = match self.fresh.contains(rel) {
-            true => None,
-            false => self.previous.and_then(|p| p.find(rel)),
-        };
+        let old = self.previous.and_then(|p| p.find(rel));
+        // An event named it: its stamp proves nothing, only a new hash does.
+        let previous = old.filter(|_| !self.fresh.contains(rel));
         if ft.is_dir() {
             self.enter_dir(path)?;
             return Ok(Item::Dir);
@@ -263,17 +266,29 @@ impl<'a> Walk<'a> {
                 use std::os::unix::fs::PermissionsExt;
                 let exec = meta.permissions().mode() & 0o100 != 0;
                 if !old.racy && old.stamp == Stamp::of(&meta) && old.executable == exec {
-                    return Ok(Item::File(old.clone()));
+                    return Ok(Item::File {
+                        file: old.clone(),
+                        hashed: false,
+                    });
                 }
             }
             let rel_path = Path::new(OsStr::from_bytes(rel));
             let h = read::hash_file(self.root, rel_path, &meta)?;
-            return Ok(Item::File(Arc::new(File::new(
-                h.content,
-                h.executable,
-                h.stamp,
-                h.racy,
-            ))));
+            if let Some(Node::File(old)) = old {
+                // Hashed again to exactly what it was: the same node, so nothing above it moves.
+                let same = (old.content, old.executable, old.stamp, old.racy)
+                    == (h.content, h.executable, h.stamp, h.racy);
+                if same {
+                    return Ok(Item::File {
+                        file: old.clone(),
+                        hashed: true,
+                    });
+                }
+            }
+            return Ok(Item::File {
+                file: Arc::new(File::new(h.content, h.executable, h.stamp, h.racy)),
+                hashed: true,
+            });
         }
         let kind = if ft.is_fifo() {
             "a named pipe (fifo)"
@@ -343,6 +358,9 @@ fn walk_error(e: ignore::Error) -> Option<Error> {
             ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
                 io_of(err)
             }
+            // Several ignore files' problems at once (the root's parents'): the first I/O error
+            // among them stops the walk, as it would alone.
+            ignore::Error::Partial(errs) => errs.iter().find_map(io_of),
             ignore::Error::Io(io) => Some((None, std::io::Error::new(io.kind(), io.to_string()))),
             ignore::Error::Loop { child, .. } => Some((
                 Some(child.clone()),
@@ -378,14 +396,11 @@ pub(crate) fn assemble(
                 dirs.push(rel);
                 continue;
             }
-            Item::File(f) => {
+            Item::File { file, hashed } => {
                 stats.files += 1;
-                stats.bytes += f.size();
-                let is_new = previous
-                    .and_then(|p| p.find(&rel))
-                    .is_none_or(|old| old.id() != f.id);
-                stats.hashed += is_new as u64;
-                Node::File(f)
+                stats.bytes += file.size();
+                stats.hashed += hashed as u64;
+                Node::File(file)
             }
             Item::Symlink(s) => {
                 stats.symlinks += 1;
@@ -405,7 +420,7 @@ pub(crate) fn assemble(
     for rel in dirs {
         let dir = Dir::new(children.remove(&rel).unwrap_or_default());
         let node = match previous.and_then(|p| p.find(&rel)) {
-            Some(Node::Dir(old)) if old.hash == dir.hash => Node::Dir(old.clone()),
+            Some(Node::Dir(old)) if old.same_entries(&dir.entries) => Node::Dir(old.clone()),
             _ => Node::Dir(Arc::new(dir)),
         };
         if rel == base {
@@ -549,6 +564,55 @@ mod tests {
                 "{here} was left out: {kept:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_panic_in_a_scan_thread_surfaces_instead_of_hanging_the_others() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            write(&t.path().join(format!("d{i}/f")), "x");
+        }
+        let scanner = Scanner::new(t.path(), Filter::All).on_dir(Arc::new(|dir: &Path| {
+            assert!(!dir.ends_with("d17"), "a hook that panics");
+            Ok(())
+        }));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scanner.scan()));
+            tx.send(outcome.is_err()).unwrap();
+        });
+        let panicked = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the scan hung after one of its threads panicked");
+        assert!(panicked, "the panic was swallowed");
+    }
+
+    #[test]
+    fn a_file_hashed_while_racy_is_hashed_once_more_then_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            write(&t.path().join(format!("d/f{i}")), &format!("{i}"));
+        }
+        let rescan = |previous: &Snapshot| {
+            Scanner::new(t.path(), Filter::All)
+                .previous(Some(previous.tree().clone()))
+                .scan_with_stats()
+                .unwrap()
+        };
+        // Hashed within the racy window of their last change: their stamps prove nothing yet.
+        let (first, s1) = Scanner::new(t.path(), Filter::All)
+            .scan_with_stats()
+            .unwrap();
+        assert_eq!(s1.hashed, 5);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (second, s2) = rescan(&first);
+        assert_eq!(s2.hashed, 5, "racy stamps were trusted");
+        let (third, s3) = rescan(&second);
+        assert_eq!(
+            s3.hashed, 0,
+            "stamps proven by the second hash were not kept"
+        );
+        assert_eq!(third.tree().hash(), first.tree().hash());
     }
 
     #[test]

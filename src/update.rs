@@ -146,7 +146,7 @@ fn replace(tree: &Node, rel: &[u8], new: Node) -> Node {
         })
         .collect::<Vec<_>>();
     let rebuilt = Dir::new(entries);
-    if rebuilt.hash == dir.hash {
+    if dir.same_entries(&rebuilt.entries) {
         return tree.clone();
     }
     Node::Dir(Arc::new(rebuilt))

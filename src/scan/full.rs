@@ -64,6 +64,8 @@ pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), 
     });
     let mut stats = ScanStats::default();
     std::thread::scope(|s| {
+        // Also covers a spawn that fails, which would leave the spawned threads waiting for this one.
+        let _end = EndOnPanic(&walk);
         let workers: Vec<_> = (1..walk.threads).map(|_| s.spawn(|| walk.work())).collect();
         let mine = walk.work();
         for w in workers {
@@ -110,6 +112,22 @@ struct Queue {
     tasks: Vec<Task>,
     idle: usize,
     done: bool,
+}
+
+/// Ends the walk for every thread when the one holding it panics: the walk is over only when
+/// all threads are idle, and a thread that panicked never will be. The panic then surfaces
+/// through the scope's `join` instead of leaving the others waiting forever.
+struct EndOnPanic<'s, 'a>(&'s Shared<'a>);
+
+impl Drop for EndOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::Relaxed);
+            let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.done = true;
+            self.0.wake.notify_all();
+        }
+    }
 }
 
 enum Task {
@@ -202,6 +220,7 @@ thread_local! {
 impl Shared<'_> {
     /// One thread's share of the walk: takes tasks until there are none left anywhere.
     fn work(&self) -> ScanStats {
+        let _end = EndOnPanic(self);
         let mut stats = ScanStats::default();
         while let Some(task) = self.next() {
             if self.failed.load(Ordering::Relaxed) {
@@ -466,8 +485,12 @@ impl Shared<'_> {
                 });
                 Ok(placeholder())
             }
+            // A stat names a type the kernel did not: no file Nix could store either.
             Kind::Other(t) => Err(unsupported(self.abs(&job.child_rel(name)), t)),
-            Kind::Unknown => unreachable!("a stat always names the type"),
+            Kind::Unknown => Err(unsupported(
+                self.abs(&job.child_rel(name)),
+                FileType::Unknown,
+            )),
         }
     }
 
@@ -485,8 +508,11 @@ impl Shared<'_> {
         for attempt in 0..2 {
             if attempt > 0 {
                 let st = self.stat(dir_fd, name, &job)?;
-                if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
-                    break;
+                match kind_of(FileType::from_raw_mode(st.st_mode as _)) {
+                    Kind::File => {}
+                    // A fifo, socket or device took its place: say what it is now.
+                    Kind::Other(t) => return Err(unsupported(path(), t)),
+                    _ => break,
                 }
                 let now = read::stamp_of_stat(&st);
                 read::settle(now);
@@ -532,15 +558,11 @@ impl Shared<'_> {
                 return;
             }
             let entries = std::mem::take(&mut *job.entries.lock().unwrap()).into_boxed_slice();
+            // The previous node only for the very same entries: one that merely hashes the
+            // same would bring back the stale stamps of files re-hashed since.
             let node = match &job.prev {
                 Some(old) if old.same_entries(&entries) => Node::Dir(old.clone()),
-                prev => {
-                    let dir = Dir::from_sorted(entries);
-                    match prev {
-                        Some(old) if old.hash == dir.hash => Node::Dir(old.clone()),
-                        _ => Node::Dir(Arc::new(dir)),
-                    }
-                }
+                _ => Node::Dir(Arc::new(Dir::from_sorted(entries))),
             };
             match &job.parent {
                 Some((parent, slot)) => {
