@@ -124,14 +124,18 @@ impl Reader {
             Err(_) => return Err(ReadError::Stale(path())),
         };
         let stamp = stamp_of(&backing).map_err(|e| ReadError::Io(path(), e))?;
-        if !self.trusted(file, stamp) {
-            self.prove(&backing, file, stamp).map_err(|e| match e {
-                Some(io) => ReadError::Io(path(), io),
-                None => ReadError::Stale(path()),
-            })?;
-        }
-        let buf = read_stamped(&backing, file, stamp, offset, size, path)?;
-        if !at_end(file, offset, &buf) {
+        let buf = if self.trusted(file, stamp) {
+            read_stamped(&backing, file, stamp, offset, size, path)?
+        } else {
+            // The bytes served are the ones the proof hashed: a second read could see a write
+            // made within the same timestamp tick, which no stamp would show.
+            self.prove(&backing, file, stamp, offset, size)
+                .map_err(|e| match e {
+                    Some(io) => ReadError::Io(path(), io),
+                    None => ReadError::Stale(path()),
+                })?
+        };
+        if self.trusted(file, stamp) && !at_end(file, offset, &buf) {
             let displaced = self.kept.lock().unwrap().put(file.id, Arc::new(backing));
             drop(displaced);
         }
@@ -143,28 +147,68 @@ impl Reader {
             || self.proven.lock().unwrap().get(&file.id) == Some(&stamp)
     }
 
-    /// Hashes the whole backing file; `Err(None)` when it is not the snapshot's content.
+    /// Hashes the whole backing file and returns the bytes of it asked for, taken from that
+    /// same pass; `Err(None)` when it is not the snapshot's content. A stamp that is not racy
+    /// is remembered as proven, so later reads under it need no hash.
     fn prove(
         &self,
         backing: &std::fs::File,
         file: &File,
         stamp: Stamp,
-    ) -> Result<(), Option<io::Error>> {
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Option<io::Error>> {
         if stamp.size != file.size() {
             return Err(None);
         }
-        let mut hasher = blake3::Hasher::new();
+        let want = (size as u64).min(file.size().saturating_sub(offset)) as usize;
+        let mut pass = HashAndKeep {
+            hasher: blake3::Hasher::new(),
+            at: 0,
+            from: offset,
+            kept: Vec::with_capacity(want),
+            want,
+        };
         let mut reader = io::BufReader::with_capacity(0, backing);
         std::io::Seek::rewind(&mut reader).map_err(Some)?;
-        copy_into(&mut reader, &mut hasher).map_err(Some)?;
-        if stamp_of(backing).map_err(Some)? != stamp
-            || hasher.finalize().as_bytes() != &file.content
+        let read = copy_into(&mut reader, &mut pass).map_err(Some)?;
+        if read != stamp.size
+            || stamp_of(backing).map_err(Some)? != stamp
+            || pass.hasher.finalize().as_bytes() != &file.content
+            || pass.kept.len() != want
         {
             return Err(None);
         }
         if !crate::read::is_racy(stamp) {
             self.proven.lock().unwrap().insert(file.id, stamp);
         }
+        Ok(pass.kept)
+    }
+}
+
+/// Hashes everything written to it, and keeps the `want` bytes from offset `from` on.
+struct HashAndKeep {
+    hasher: blake3::Hasher,
+    at: u64,
+    from: u64,
+    kept: Vec<u8>,
+    want: usize,
+}
+
+impl io::Write for HashAndKeep {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        let start = self.from.saturating_sub(self.at);
+        if start < buf.len() as u64 && self.kept.len() < self.want {
+            let take = (buf.len() - start as usize).min(self.want - self.kept.len());
+            self.kept
+                .extend_from_slice(&buf[start as usize..start as usize + take]);
+        }
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -240,6 +284,44 @@ mod tests {
 
     fn kept(reader: &Reader) -> usize {
         reader.kept.lock().unwrap().slots.len()
+    }
+
+    #[test]
+    fn a_read_under_a_racy_stamp_serves_the_bytes_it_proved_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (vec![b'A'; 4096], vec![b'B'; 4096]);
+        fs::write(dir.path().join("f"), &a).unwrap();
+        let snap = Scanner::new(dir.path(), Filter::All).scan().unwrap();
+        let Some(Node::File(node)) = snap.tree().find(b"f") else {
+            unreachable!()
+        };
+        let reader = Reader::new(&snap);
+        // Rewritten in place, B then A, as fast as it goes: every stamp it leaves is racy.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path, a, b) = (stop.clone(), dir.path().join("f"), a.clone(), b.clone());
+            std::thread::spawn(move || {
+                let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_at(&b, 0).unwrap();
+                    f.write_at(&a, 0).unwrap();
+                }
+            })
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let (mut served, mut refused) = (0, 0);
+        while std::time::Instant::now() < until {
+            match reader.read(b"f", node, 0, 4096) {
+                Ok(bytes) => {
+                    assert!(bytes == a, "bytes of another version were served");
+                    served += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(served + refused > 0);
     }
 
     #[test]
