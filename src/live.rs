@@ -7,7 +7,7 @@
 //! project root and waits until the updater has processed the cookie's event, which inotify
 //! delivers after every event queued before it (Watchman's technique).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +132,11 @@ impl Live {
             .on_dir(hook.clone())
             .scan()?;
         hook(dir)?;
+        // The repository's `info/exclude` is in no snapshot, but its rules decide what is.
+        let exclude_dir = dir.join(".git/info");
+        if config.filter == Filter::Ignore && exclude_dir.is_dir() {
+            hook(&exclude_dir)?;
+        }
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             reader: Reader::new(&snapshot),
@@ -287,9 +292,21 @@ impl Live {
     /// Drops pins whose lease ran out or whose build is over.
     pub fn expire_pins(&self) {
         let now = Instant::now();
-        self.shared.state.write().unwrap().pins.retain(|_, p| {
-            p.expires.is_none_or(|e| e > now) && p.until_gone.as_deref().is_none_or(Path::exists)
-        });
+        // Looked at without the lock: a slow path must not hold up every FUSE request.
+        let watched: Vec<(u64, PathBuf)> = (self.shared.state.read().unwrap().pins.iter())
+            .filter_map(|(id, p)| Some((*id, p.until_gone.clone()?)))
+            .collect();
+        let over: HashSet<u64> = watched
+            .into_iter()
+            .filter(|(_, path)| !path.exists())
+            .map(|(id, _)| id)
+            .collect();
+        self.shared
+            .state
+            .write()
+            .unwrap()
+            .pins
+            .retain(|id, p| p.expires.is_none_or(|e| e > now) && !over.contains(id));
     }
 
     pub fn pins(&self) -> usize {
@@ -482,9 +499,8 @@ impl Updater {
         Ok(())
     }
 
-    /// Makes the next snapshot; `Err` when the project directory itself is gone.
     /// Brings the current snapshot up to date; `Ok(false)` when the update failed (the error is
-    /// what `path` answers until one succeeds).
+    /// what `path` answers until one succeeds), `Err` when the project directory itself is gone.
     fn apply(&self, changes: &Changes, started: Instant) -> Result<bool, Stopped> {
         let current = self.shared.state.read().unwrap().current.clone();
         let result = Scanner::new(&self.shared.dir, self.shared.config.filter)

@@ -213,7 +213,7 @@ impl<'a> Walk<'a> {
                     .strip_prefix(b"/")
                     .unwrap_or_default();
                 if is_reserved(rel) {
-                    return WalkState::Continue;
+                    return WalkState::Skip;
                 }
                 if entry.depth() == 0 {
                     return match self.enter_dir(entry.path()) {

@@ -3,8 +3,6 @@
 //! event (or whose stamp moved) are hashed again, and every other node is shared.
 
 use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::scan::{assemble, split, Item, Walk};
@@ -38,6 +36,24 @@ impl Changes {
 
 const IGNORE_FILES: [&[u8]; 2] = [b".gitignore", b".srcstoreignore"];
 
+/// The directory whose ignore rules a change at `rel` may change, and so everything below it
+/// kept or not: an ignore file's directory, or the directory holding a repository's `.git`
+/// (made, removed, or its `info/exclude` edited).
+fn rules_owner(rel: &[u8]) -> Option<&[u8]> {
+    let (parent, base) = split(rel);
+    if IGNORE_FILES.contains(&base) {
+        return Some(parent);
+    }
+    let mut at = 0usize;
+    for component in rel.split(|&b| b == b'/') {
+        if component == b".git" {
+            return Some(&rel[..at.saturating_sub(1)]);
+        }
+        at += component.len() + 1;
+    }
+    None
+}
+
 impl Scanner {
     /// The snapshot after `changes`, built from `current`; the scanner's own `previous` is
     /// ignored (the current tree plays its part).
@@ -57,10 +73,10 @@ impl Scanner {
         let mut fresh: HashSet<Vec<u8>> = changes.paths.clone();
         let mut targets: BTreeSet<(std::cmp::Reverse<usize>, Vec<u8>)> = BTreeSet::new();
         for path in &changes.paths {
-            let (mut parent, base) = split(path);
-            if IGNORE_FILES.contains(&base) {
-                fresh.insert(parent.to_vec());
-                if parent.is_empty() {
+            let mut parent = split(path).0;
+            if let Some(owner) = rules_owner(path) {
+                fresh.insert(owner.to_vec());
+                if owner.is_empty() {
                     return self.update(
                         current,
                         &Changes {
@@ -69,7 +85,7 @@ impl Scanner {
                         },
                     );
                 }
-                parent = split(parent).0;
+                parent = split(owner).0;
             }
             // Climb to a directory the current tree has; everything below it on the way is new.
             let mut dir = parent;
@@ -85,9 +101,12 @@ impl Scanner {
         let mut stats = ScanStats::default();
         // Deepest first, so a shallower listing reuses the deeper results.
         for (_, dir) in targets {
-            let on_disk = root.path().join(OsStr::from_bytes(&dir));
-            if !std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
-                continue; // gone: its parent saw the removal and is a target too
+            // Gone, or no longer a directory reached without a symlink (`docs` moved away and
+            // replaced by a link to where it went): its parent saw that change and is a target
+            // too. Walking through the link would fail every update from now on.
+            let here: &[u8] = if dir.is_empty() { b"." } else { &dir };
+            if crate::read::open_dir_at(root.fd(), here).is_err() {
+                continue;
             }
             let walk = Walk::new(&self, root, Some(&tree), &fresh);
             let mut items = walk.run(&dir, Some(1))?;

@@ -391,3 +391,22 @@ fn a_failed_update_loses_no_change_made_beside_it() {
         "int main(void) { return 1; }\n"
     );
 }
+
+#[test]
+fn an_edit_of_the_repositorys_exclude_file_is_seen() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    write(&p.join("src/secret.env"), "token");
+    let git = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&p)
+        .status()
+        .unwrap();
+    assert!(git.success());
+    let d = Daemon::start(&sb, &p, &[]);
+    assert!(d.path(&sb).join("src/secret.env").exists());
+    write(&p.join(".git/info/exclude"), "secret.env\n");
+    let path = d.path(&sb);
+    assert_eq!(path.file_name().unwrap().to_str().unwrap(), sb.hash(&p));
+    assert!(!path.join("src/secret.env").exists());
+}

@@ -109,3 +109,33 @@ fn an_unchanged_update_is_the_same_snapshot() {
     assert_eq!(again.tree().id(), s.tree().id());
     assert_eq!(stats.hashed, 1, "a file named by an event is hashed again");
 }
+
+#[test]
+fn a_directory_moved_away_and_replaced_by_a_link_to_it_is_a_link() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(&d.join("docs/sub/f"), "1");
+    let s = full(d);
+    // In one burst: an edit inside, the move, and a link where the directory was.
+    let after = step(d, &s, &["docs/sub/f", "docs", "documentation"], || {
+        write(&d.join("docs/sub/f"), "2");
+        fs::rename(d.join("docs"), d.join("documentation")).unwrap();
+        std::os::unix::fs::symlink("documentation", d.join("docs")).unwrap();
+    });
+    assert!(matches!(after.tree().find(b"docs"), Some(Node::Symlink(_))));
+}
+
+#[test]
+fn a_repository_made_inside_the_project_brings_its_excludes_to_everything_below() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(&d.join("sub/deep/x"), "x");
+    write(&d.join("sub/keep"), "k");
+    let s = full(d);
+    // The watcher sees `.git` appear in `sub`; nothing inside `.git` is watched.
+    let after = step(d, &s, &["sub/.git"], || {
+        write(&d.join("sub/.git/info/exclude"), "x\n");
+    });
+    assert!(after.tree().find(b"sub/deep/x").is_none());
+    assert!(after.tree().find(b"sub/keep").is_some());
+}
