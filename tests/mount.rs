@@ -410,3 +410,43 @@ fn an_edit_of_the_repositorys_exclude_file_is_seen() {
     assert_eq!(path.file_name().unwrap().to_str().unwrap(), sb.hash(&p));
     assert!(!path.join("src/secret.env").exists());
 }
+
+#[test]
+fn a_directory_kept_by_a_new_snapshot_still_leads_back_into_its_own() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let first = d.path(&sb);
+    // A process working in the first snapshot's `src`, which the next snapshot keeps as is.
+    let mut inside = Command::new("sh")
+        .args(["-c", "cd \"$0/src\" && read go && pwd -P && ls .."])
+        .arg(&first)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    write(&p.join("new"), "only in the second snapshot");
+    let second = d.path(&sb);
+    assert_ne!(second, first);
+    // The new snapshot's `src` is looked up and walked while the process works in the old one.
+    let (old_src, new_src) = (first.join("src"), second.join("src"));
+    assert_eq!(fs::read_dir(&new_src).unwrap().count(), 1);
+    assert_ne!(
+        fs::metadata(&old_src).unwrap().ino(),
+        fs::metadata(&new_src).unwrap().ino(),
+        "one directory inode in two snapshots: the kernel gives it a single parent"
+    );
+    use std::io::Write;
+    inside.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = inside.wait_with_output().unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(old_src.to_str().unwrap()), "{out}");
+    let parent: Vec<&str> = lines.collect();
+    assert!(
+        !parent.contains(&"new"),
+        "`..` led into the second snapshot: {parent:?}"
+    );
+    assert!(parent.contains(&"src"), "{parent:?}");
+}

@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::attr::{self, FOREVER, ROOT_ENTRY};
-use crate::inodes::Inodes;
+use crate::inodes::{Inodes, Place};
 use crate::{Kind, Source};
 
 /// A [`Source`] as a FUSE filesystem.
@@ -43,12 +43,17 @@ impl<S: Source> View<S> {
         }
     }
 
-    fn ino(&self, node: &S::Node) -> INodeNo {
-        INodeNo(self.source.id(node) + 1)
+    /// Where `node` sits when handed to the kernel under `parent` (see [`crate::inodes`]).
+    fn place(&self, parent: INodeNo, node: &S::Node) -> Place {
+        Place {
+            parent: parent.0,
+            id: self.source.id(node),
+            is_dir: self.source.kind(node) == Kind::Dir,
+        }
     }
 
-    fn attr_of(&self, node: &S::Node) -> fuser::FileAttr {
-        attr::of(self.ino(node), self.source.kind(node), self.uid, self.gid)
+    fn attr_of(&self, ino: u64, node: &S::Node) -> fuser::FileAttr {
+        attr::of(INodeNo(ino), self.source.kind(node), self.uid, self.gid)
     }
 
     fn root_attr(&self) -> fuser::FileAttr {
@@ -70,18 +75,44 @@ impl<S: Source> View<S> {
         attr
     }
 
-    /// Hands `node` (found at `path`) to the kernel under its name for `entry_ttl`. Its
-    /// attributes are cached for good: a node's attributes never change.
+    /// Hands `node` (found at `path`, below `parent`) to the kernel under its name for
+    /// `entry_ttl`. Its attributes are cached for good: a node's attributes never change.
     fn enter(
         &self,
+        parent: INodeNo,
         node: &S::Node,
         path: impl FnOnce() -> Arc<[u8]>,
         entry_ttl: Duration,
         reply: ReplyEntry,
     ) {
-        let attr = self.attr_of(node);
-        self.inodes.remember(attr.ino.0, node, path);
+        let ino = self.inodes.enter(self.place(parent, node), node, path);
+        let attr = self.attr_of(ino, node);
         reply.entry_with_ttls(&FOREVER, &entry_ttl, &attr, Generation(0));
+    }
+
+    /// One `READDIRPLUS` entry: a lookup the kernel will forget, taken back if the reply has no
+    /// room for it. `false` when it had none.
+    fn add_plus(
+        &self,
+        reply: &mut ReplyDirectoryPlus,
+        parent: INodeNo,
+        offset: u64,
+        name: &OsStr,
+        node: &S::Node,
+        path: impl FnOnce() -> Arc<[u8]>,
+    ) -> bool {
+        let entry_ttl = if parent == INodeNo::ROOT {
+            ROOT_ENTRY
+        } else {
+            FOREVER
+        };
+        let ino = self.inodes.enter(self.place(parent, node), node, path);
+        let attr = self.attr_of(ino, node);
+        if reply.add(attr.ino, offset, name, &entry_ttl, &attr, Generation(0)) {
+            self.inodes.forget(ino, 1);
+            return false;
+        }
+        true
     }
 }
 
@@ -114,7 +145,7 @@ impl<S: Source> Filesystem for View<S> {
         let name = name.as_bytes();
         if parent == INodeNo::ROOT {
             return match self.source.roots().into_iter().find(|r| r.name == name) {
-                Some(r) => self.enter(&r.node, || r.path.into(), ROOT_ENTRY, reply),
+                Some(r) => self.enter(parent, &r.node, || r.path.into(), ROOT_ENTRY, reply),
                 None => reply.error(Errno::ENOENT),
             };
         }
@@ -122,7 +153,7 @@ impl<S: Source> Filesystem for View<S> {
             return reply.error(Errno::ENOENT);
         };
         match self.source.child(&dir, name) {
-            Some(child) => self.enter(&child, || join(&path, name), FOREVER, reply),
+            Some(child) => self.enter(parent, &child, || join(&path, name), FOREVER, reply),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -139,7 +170,7 @@ impl<S: Source> Filesystem for View<S> {
             return reply.attr(&ROOT_ENTRY, &self.root_attr());
         }
         match self.inodes.get(ino.0) {
-            Some((node, _)) => reply.attr(&FOREVER, &self.attr_of(&node)),
+            Some((node, _)) => reply.attr(&FOREVER, &self.attr_of(ino.0, &node)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -207,7 +238,7 @@ impl<S: Source> Filesystem for View<S> {
             for (i, r) in self.source.roots().into_iter().enumerate().skip(from) {
                 let kind = attr::file_type(self.source.kind(&r.node));
                 if reply.add(
-                    self.ino(&r.node),
+                    INodeNo(self.inodes.peek(self.place(ino, &r.node))),
                     3 + i as u64,
                     kind,
                     OsStr::from_bytes(&r.name),
@@ -223,7 +254,8 @@ impl<S: Source> Filesystem for View<S> {
         let mut i = from;
         self.source.list(&dir, from, &mut |name, node| {
             let kind = attr::file_type(self.source.kind(node));
-            let full = reply.add(self.ino(node), 3 + i as u64, kind, OsStr::from_bytes(name));
+            let number = INodeNo(self.inodes.peek(self.place(ino, node)));
+            let full = reply.add(number, 3 + i as u64, kind, OsStr::from_bytes(name));
             i += 1;
             !full
         });
@@ -251,7 +283,7 @@ impl<S: Source> Filesystem for View<S> {
             }
         };
         let own = match &dir {
-            Some(d) => self.attr_of(d),
+            Some(d) => self.attr_of(ino.0, d),
             None => self.root_attr(),
         };
         let dots = [(1, "."), (2, "..")];
@@ -263,39 +295,20 @@ impl<S: Source> Filesystem for View<S> {
         let from = offset.saturating_sub(2) as usize;
         let (Some(dir), Some(path)) = (dir, path) else {
             for (i, r) in self.source.roots().into_iter().enumerate().skip(from) {
-                let attr = self.attr_of(&r.node);
                 let name = OsStr::from_bytes(&r.name);
-                if reply.add(
-                    attr.ino,
-                    3 + i as u64,
-                    name,
-                    &ROOT_ENTRY,
-                    &attr,
-                    Generation(0),
-                ) {
+                let path = || r.path.clone().into();
+                if !self.add_plus(&mut reply, ino, 3 + i as u64, name, &r.node, path) {
                     break;
                 }
-                self.inodes.remember(attr.ino.0, &r.node, || r.path.into());
             }
             return reply.ok();
         };
-        let mut i = from;
+        let mut off = 3 + from as u64;
         self.source.list(&dir, from, &mut |name, node| {
-            let attr = self.attr_of(node);
-            let off = 3 + i as u64;
-            i += 1;
-            if reply.add(
-                attr.ino,
-                off,
-                OsStr::from_bytes(name),
-                &FOREVER,
-                &attr,
-                Generation(0),
-            ) {
-                return false;
-            }
-            self.inodes.remember(attr.ino.0, node, || join(&path, name));
-            true
+            let path = || join(&path, name);
+            let name = OsStr::from_bytes(name);
+            off += 1;
+            self.add_plus(&mut reply, ino, off - 1, name, node, path)
         });
         reply.ok();
     }

@@ -1,61 +1,175 @@
 //! The inode table: which nodes the kernel holds, under which numbers.
 //!
-//! Inode 1 is the mount's root (the list of served trees). Every other inode number is the
-//! source's node id plus one, so a node kept between two trees (same place, same content) keeps
-//! its number and the kernel's dentry, attribute and page caches carry over to the new tree
-//! with no daemon work. An entry lives from the first lookup that hands it to the kernel until
-//! the kernel forgets it as often as it was looked up; it remembers the path the node was found
-//! at, which the source needs to read it.
+//! Inode 1 is the mount's root (the list of served trees). A file's or symlink's number is its
+//! node id plus one, the same in every tree that holds the node: a new tree that keeps a file
+//! (same place, same content) finds the kernel's attribute and page caches for it already
+//! filled, with no daemon work.
+//!
+//! A directory's number stands for one place: one directory node under one parent inode. Linux
+//! gives a directory inode a single dentry, so a directory shared by two trees under one number
+//! would be moved to whichever tree looked it up last, and `..` from it, or a process working
+//! in it, would lead into the other tree. Directory numbers come from a counter above every
+//! file's and are never handed out twice.
+//!
+//! An entry lives from the first lookup that hands it to the kernel until the kernel forgets it
+//! as often as it was looked up; it remembers the path the node was found at, which the source
+//! needs to read it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub struct Inode<N> {
-    pub node: N,
-    pub path: Arc<[u8]>,
-    lookups: u64,
-}
+/// The first directory number; file numbers (node ids plus one) stay below it.
+const FIRST_DIR: u64 = 1 << 62;
+
+/// What readdir reports for a directory the kernel holds no number for (as libfuse does).
+pub const UNKNOWN: u64 = 0xffff_ffff;
 
 pub struct Inodes<N> {
-    table: Mutex<HashMap<u64, Inode<N>>>,
+    table: Mutex<Table<N>>,
+}
+
+struct Table<N> {
+    inodes: HashMap<u64, Inode<N>>,
+    /// Directory numbers by place: (parent inode, node id).
+    dirs: HashMap<(u64, u64), u64>,
+    next_dir: u64,
+}
+
+struct Inode<N> {
+    node: N,
+    path: Arc<[u8]>,
+    lookups: u64,
+    /// For a directory, its key in `dirs`.
+    place: Option<(u64, u64)>,
+}
+
+/// Where a node is handed to the kernel: under which parent, and whether it is a directory.
+#[derive(Copy, Clone)]
+pub struct Place {
+    pub parent: u64,
+    pub id: u64,
+    pub is_dir: bool,
 }
 
 impl<N: Clone> Inodes<N> {
     pub fn new() -> Self {
         Inodes {
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table {
+                inodes: HashMap::new(),
+                dirs: HashMap::new(),
+                next_dir: FIRST_DIR,
+            }),
         }
     }
 
-    /// Records one more kernel reference to `node`, found at `path`.
-    pub fn remember(&self, ino: u64, node: &N, path: impl FnOnce() -> Arc<[u8]>) {
-        self.table
-            .lock()
-            .unwrap()
+    /// Records one more kernel reference to `node`, found at `path`; returns its number.
+    pub fn enter(&self, at: Place, node: &N, path: impl FnOnce() -> Arc<[u8]>) -> u64 {
+        debug_assert!(
+            at.id < FIRST_DIR - 1,
+            "node ids stay below the directory numbers"
+        );
+        let mut table = self.table.lock().unwrap();
+        let table = &mut *table;
+        let (ino, place) = if at.is_dir {
+            let place = (at.parent, at.id);
+            let ino = *table.dirs.entry(place).or_insert_with(|| {
+                table.next_dir += 1;
+                table.next_dir - 1
+            });
+            (ino, Some(place))
+        } else {
+            (at.id + 1, None)
+        };
+        table
+            .inodes
             .entry(ino)
             .or_insert_with(|| Inode {
                 node: node.clone(),
                 path: path(),
                 lookups: 0,
+                place,
             })
             .lookups += 1;
+        ino
+    }
+
+    /// The number `node` has at `at` if the kernel holds one, without taking a reference.
+    pub fn peek(&self, at: Place) -> u64 {
+        if !at.is_dir {
+            return at.id + 1;
+        }
+        let table = self.table.lock().unwrap();
+        table
+            .dirs
+            .get(&(at.parent, at.id))
+            .copied()
+            .unwrap_or(UNKNOWN)
     }
 
     pub fn get(&self, ino: u64) -> Option<(N, Arc<[u8]>)> {
         self.table
             .lock()
             .unwrap()
+            .inodes
             .get(&ino)
             .map(|i| (i.node.clone(), i.path.clone()))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
         let mut table = self.table.lock().unwrap();
-        if let Some(i) = table.get_mut(&ino) {
-            i.lookups = i.lookups.saturating_sub(n);
-            if i.lookups == 0 {
-                table.remove(&ino);
+        let Some(i) = table.inodes.get_mut(&ino) else {
+            return;
+        };
+        i.lookups = i.lookups.saturating_sub(n);
+        if i.lookups == 0 {
+            if let Some(place) = table.inodes.remove(&ino).and_then(|i| i.place) {
+                table.dirs.remove(&place);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> Arc<[u8]> {
+        Arc::from(&b"p"[..])
+    }
+
+    #[test]
+    fn a_file_has_one_number_everywhere_a_directory_one_per_place() {
+        let inodes = Inodes::<u8>::new();
+        let file = |parent| Place {
+            parent,
+            id: 7,
+            is_dir: false,
+        };
+        let dir = |parent| Place {
+            parent,
+            id: 9,
+            is_dir: true,
+        };
+        assert_eq!(inodes.enter(file(2), &0, path), 8);
+        assert_eq!(inodes.enter(file(3), &0, path), 8);
+        let under_2 = inodes.enter(dir(2), &0, path);
+        let under_3 = inodes.enter(dir(3), &0, path);
+        assert_ne!(under_2, under_3);
+        assert!(under_2 >= FIRST_DIR && under_3 >= FIRST_DIR);
+        assert_eq!(
+            inodes.enter(dir(2), &0, path),
+            under_2,
+            "the same place, the same number"
+        );
+        assert_eq!(inodes.peek(dir(2)), under_2);
+        // Forgotten as often as looked up: gone, and the place gets a new number next time.
+        inodes.forget(under_2, 2);
+        assert!(inodes.get(under_2).is_none());
+        assert_eq!(inodes.peek(dir(2)), UNKNOWN);
+        let again = inodes.enter(dir(2), &0, path);
+        assert!(
+            again != under_2 && again != under_3,
+            "a number is never handed out twice"
+        );
     }
 }
