@@ -506,6 +506,9 @@ impl Updater {
         let result = Scanner::new(&self.shared.dir, self.shared.config.filter)
             .on_dir(self.hook.clone())
             .update(&current, changes);
+        if result.is_ok() {
+            self.shared.reader.let_go_of_removed();
+        }
         let mut state = self.shared.state.write().unwrap();
         let applied = result.is_ok();
         match result {

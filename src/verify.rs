@@ -142,6 +142,24 @@ impl Reader {
         Ok(buf)
     }
 
+    /// Closes the kept descriptors of files removed (or replaced) since they were kept, so
+    /// their space is freed without waiting for other reads to displace them.
+    pub fn let_go_of_removed(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let removed: Vec<_> = {
+            let mut kept = self.kept.lock().unwrap();
+            let (removed, still): (Vec<_>, Vec<_>) = std::mem::take(&mut kept.slots)
+                .into_iter()
+                .partition(|(_, f)| f.metadata().map_or(true, |m| m.nlink() == 0));
+            *kept = Kept {
+                slots: still,
+                next: 0,
+            };
+            removed
+        };
+        drop(removed); // closed outside the lock
+    }
+
     fn trusted(&self, file: &File, stamp: Stamp) -> bool {
         (!file.racy && stamp == file.stamp)
             || self.proven.lock().unwrap().get(&file.id) == Some(&stamp)
@@ -362,6 +380,18 @@ mod tests {
             read(&reader, &node, PIECE as u64),
             Err(ReadError::Stale(_))
         ));
+        assert_eq!(kept(&reader), 0);
+    }
+
+    #[test]
+    fn a_kept_descriptor_of_a_removed_file_is_let_go_without_another_read() {
+        let (dir, snap, node) = project();
+        let reader = Reader::new(&snap);
+        read(&reader, &node, 0).unwrap();
+        reader.let_go_of_removed();
+        assert_eq!(kept(&reader), 1, "a file still there stays open");
+        fs::remove_file(dir.path().join("f")).unwrap();
+        reader.let_go_of_removed();
         assert_eq!(kept(&reader), 0);
     }
 
