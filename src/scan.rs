@@ -48,7 +48,7 @@ pub struct ScanStats {
 /// Builds a [`Snapshot`] of a directory.
 pub struct Scanner {
     path: PathBuf,
-    filter: Filter,
+    pub(crate) filter: Filter,
     name: Option<String>,
     previous: Option<Node>,
     threads: usize,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::scan::{assemble, split, Item, Walk};
 use crate::tree::{Dir, Entry, Node};
-use crate::{Error, ScanStats, Scanner, Snapshot};
+use crate::{Error, Filter, ScanStats, Scanner, Snapshot};
 
 /// Paths (relative to the project root) that changed since a snapshot.
 #[derive(Debug, Default)]
@@ -74,7 +74,11 @@ impl Scanner {
         let mut targets: BTreeSet<(std::cmp::Reverse<usize>, Vec<u8>)> = BTreeSet::new();
         for path in &changes.paths {
             let mut parent = split(path).0;
-            if let Some(owner) = rules_owner(path) {
+            let owner = match self.filter {
+                Filter::Ignore => rules_owner(path),
+                Filter::All => None,
+            };
+            if let Some(owner) = owner {
                 fresh.insert(owner.to_vec());
                 if owner.is_empty() {
                     return self.update(
