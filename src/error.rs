@@ -23,6 +23,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// A file Nix cannot store, by what it is.
+    pub(crate) fn unsupported(path: PathBuf, file_type: rustix::fs::FileType) -> Self {
+        use rustix::fs::FileType as T;
+        let kind = match file_type {
+            T::Fifo => "a named pipe (fifo)",
+            T::Socket => "a socket",
+            T::BlockDevice | T::CharacterDevice => "a device node",
+            _ => "a special file",
+        };
+        Error::UnsupportedFileType { path, kind }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -125,30 +125,51 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Hashes a file, retrying once if it changes while being read; `expected` is what the walk saw.
-/// The retry waits for the file to settle first (see [`settle`]).
-pub fn hash_file(root: &Root, rel: &Path, expected: &fs::Metadata) -> Result<Hashed, Error> {
-    let first = Stamp::of(expected);
-    if let Some(h) = hash_once(root, rel, Some(first))? {
-        return Ok(h);
+/// Hashes the file `name` (one component, or a relative path) below the directory `dir`; the
+/// walk that found it saw `expected`, if it stat-ed it. A file seen to change while read is read
+/// once more, after it settled (see [`settle`]); one that changes again is [`Error::Unstable`],
+/// one that something else took the place of is named for what it is now. `path` names it.
+pub(crate) fn hash_settled(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    mut expected: Option<Stamp>,
+    path: impl Fn() -> PathBuf,
+) -> Result<Hashed, Error> {
+    use rustix::fs::FileType;
+    for attempt in 0..2 {
+        if attempt > 0 {
+            let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io(path(), e.into()))?;
+            match FileType::from_raw_mode(st.st_mode as _) {
+                FileType::RegularFile => {}
+                FileType::Directory | FileType::Symlink => break,
+                other => return Err(Error::unsupported(path(), other)),
+            }
+            let now = stamp_of_stat(&st);
+            settle(now);
+            expected = Some(now);
+        }
+        let attempt = match open_file_at(dir, name) {
+            Ok(mut file) => hash_open(&mut file, expected),
+            // A symlink took its place: the open refuses it.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                Ok(Attempt::NotAFile)
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| Error::io(path(), e))?;
+        if let Attempt::Hashed(h) = attempt {
+            return Ok(h);
+        }
     }
-    let now = Stamp::of(
-        &root
-            .open_file(rel)?
-            .metadata()
-            .map_err(|e| Error::io(root.path.join(rel), e))?,
-    );
-    settle(now);
-    hash_once(root, rel, Some(now))?.ok_or_else(|| Error::Unstable {
-        path: root.path.join(rel),
-    })
+    Err(Error::Unstable { path: path() })
 }
 
 /// Before the second and last attempt at a file seen to change while it was hashed: waits until
 /// its last change (as of `stamp`) is older than the racy window, at most that long. The attempt
 /// then insists on `stamp`, so only a file that stayed still that long is hashed; one that keeps
 /// being written is reported, even when its writer pauses for the length of a read.
-pub(crate) fn settle(stamp: Stamp) {
+fn settle(stamp: Stamp) {
     let quiet_at = stamp
         .ctime_ns
         .max(stamp.mtime_ns)
@@ -159,18 +180,8 @@ pub(crate) fn settle(stamp: Stamp) {
     }
 }
 
-/// One attempt; `None` when the file was seen to change (stamp before open, at open, after read).
-fn hash_once(root: &Root, rel: &Path, expected: Option<Stamp>) -> Result<Option<Hashed>, Error> {
-    let err = |e: io::Error| Error::io(root.path.join(rel), e);
-    let mut file = root.open_file(rel)?;
-    match hash_open(&mut file, expected).map_err(err)? {
-        Attempt::Hashed(h) => Ok(Some(h)),
-        Attempt::Changed | Attempt::NotAFile => Ok(None),
-    }
-}
-
 /// What one attempt at hashing an open file found.
-pub(crate) enum Attempt {
+enum Attempt {
     Hashed(Hashed),
     /// Its stamp was not `expected`, or moved while it was read.
     Changed,
@@ -179,7 +190,7 @@ pub(crate) enum Attempt {
 }
 
 /// Hashes a file just opened, stamping it before and after the read.
-pub(crate) fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt> {
+fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt> {
     let start = now_ns();
     let st = rustix::fs::fstat(&*file)?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode as _) != rustix::fs::FileType::RegularFile {

@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -272,8 +271,9 @@ impl<'a> Walk<'a> {
                     });
                 }
             }
-            let rel_path = Path::new(OsStr::from_bytes(rel));
-            let h = read::hash_file(self.root, rel_path, &meta)?;
+            let h = read::hash_settled(self.root.fd(), rel, Some(Stamp::of(&meta)), || {
+                path.to_path_buf()
+            })?;
             if let Some(Node::File(old)) = old {
                 // Hashed again to exactly what it was: the same node, so nothing above it moves.
                 let same = (old.content, old.executable, old.stamp, old.racy)
@@ -290,19 +290,9 @@ impl<'a> Walk<'a> {
                 hashed: true,
             });
         }
-        let kind = if ft.is_fifo() {
-            "a named pipe (fifo)"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_block_device() || ft.is_char_device() {
-            "a device node"
-        } else {
-            "a special file"
-        };
-        Err(Error::UnsupportedFileType {
-            path: path.into(),
-            kind,
-        })
+        use std::os::unix::fs::MetadataExt;
+        let file_type = rustix::fs::FileType::from_raw_mode(meta.mode() as _);
+        Err(Error::unsupported(path.into(), file_type))
     }
 }
 

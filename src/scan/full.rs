@@ -25,7 +25,7 @@ use rustix::fs::{AtFlags, FileType, RawDir};
 
 use super::rules::{Found, Level, Rules};
 use super::{is_reserved_name, Filter, ScanStats, Scanner};
-use crate::read::{self, Attempt, Root};
+use crate::read::{self, Root};
 use crate::tree::{Dir, Entry, File, Name, Node, Stamp, Symlink};
 use crate::Error;
 
@@ -200,16 +200,6 @@ fn kind_of(t: FileType) -> Kind {
         FileType::Unknown => Kind::Unknown,
         other => Kind::Other(other),
     }
-}
-
-fn unsupported(path: PathBuf, t: FileType) -> Error {
-    let kind = match t {
-        FileType::Fifo => "a named pipe (fifo)",
-        FileType::Socket => "a socket",
-        FileType::BlockDevice | FileType::CharacterDevice => "a device node",
-        _ => "a special file",
-    };
-    Error::UnsupportedFileType { path, kind }
 }
 
 thread_local! {
@@ -486,8 +476,8 @@ impl Shared<'_> {
                 Ok(placeholder())
             }
             // A stat names a type the kernel did not: no file Nix could store either.
-            Kind::Other(t) => Err(unsupported(self.abs(&job.child_rel(name)), t)),
-            Kind::Unknown => Err(unsupported(
+            Kind::Other(t) => Err(Error::unsupported(self.abs(&job.child_rel(name)), t)),
+            Kind::Unknown => Err(Error::unsupported(
                 self.abs(&job.child_rel(name)),
                 FileType::Unknown,
             )),
@@ -500,54 +490,24 @@ impl Shared<'_> {
         slot: usize,
         name: &Name,
         dir_fd: &Arc<OwnedFd>,
-        mut expected: Option<Stamp>,
+        expected: Option<Stamp>,
         stats: &mut ScanStats,
     ) -> Result<(), Error> {
-        let path = || self.abs(&job.child_rel(name));
-        // Like `read::hash_file`: a file seen to change is read once more, after it settled.
-        for attempt in 0..2 {
-            if attempt > 0 {
-                let st = self.stat(dir_fd, name, &job)?;
-                match kind_of(FileType::from_raw_mode(st.st_mode as _)) {
-                    Kind::File => {}
-                    // A fifo, socket or device took its place: say what it is now.
-                    Kind::Other(t) => return Err(unsupported(path(), t)),
-                    _ => break,
-                }
-                let now = read::stamp_of_stat(&st);
-                read::settle(now);
-                expected = Some(now);
-            }
-            let attempt = match read::open_file_at(dir_fd.as_fd(), name) {
-                Ok(mut file) => read::hash_open(&mut file, expected),
-                // Not a file any more (a symlink is refused by the open).
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-                    Ok(Attempt::NotAFile)
-                }
-                Err(e) => Err(e),
-            }
-            .map_err(|e| Error::io(path(), e))?;
-            let node = match attempt {
-                Attempt::Hashed(h) => {
-                    stats.files += 1;
-                    stats.bytes += h.stamp.size;
-                    stats.hashed += 1;
-                    Node::File(Arc::new(File::new(
-                        h.content,
-                        h.executable,
-                        h.stamp,
-                        h.racy,
-                    )))
-                }
-                // Not a regular file any more (the old walk failed here too): look again,
-                // then give up as for a file that keeps changing.
-                Attempt::Changed | Attempt::NotAFile => continue,
-            };
-            job.entries.lock().unwrap()[slot].node = node;
-            self.finish_one(job);
-            return Ok(());
-        }
-        Err(Error::Unstable { path: path() })
+        let h = read::hash_settled(dir_fd.as_fd(), name, expected, || {
+            self.abs(&job.child_rel(name))
+        })?;
+        stats.files += 1;
+        stats.bytes += h.stamp.size;
+        stats.hashed += 1;
+        let node = Node::File(Arc::new(File::new(
+            h.content,
+            h.executable,
+            h.stamp,
+            h.racy,
+        )));
+        job.entries.lock().unwrap()[slot].node = node;
+        self.finish_one(job);
+        Ok(())
     }
 
     /// Marks one piece of `job`'s work done; the last one builds its node and hands it up,
