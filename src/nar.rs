@@ -303,12 +303,7 @@ impl<S: Sink> NarWriter<'_, S> {
         let stale = |w: &Self| Error::Stale { path: w.abs_path() };
         let (dir, name) = self.place();
         let mut file = read::open_file_at(dir, name).map_err(|e| self.io(e))?;
-        let stamp = |file: &fs::File| {
-            rustix::fs::fstat(file)
-                .map(|st| read::stamp_of_stat(&st))
-                .map_err(io::Error::from)
-        };
-        let before = stamp(&file).map_err(|e| self.io(e))?;
+        let before = read::stamp_of_file(&file).map_err(|e| self.io(e))?;
         if before.size != f.size() {
             return Err(stale(self));
         }
@@ -323,7 +318,7 @@ impl<S: Sink> NarWriter<'_, S> {
         }
         let intact = match check {
             Some(h) => h.finalize().as_bytes() == &f.content,
-            None => stamp(&file).map_err(|e| self.io(e))? == before,
+            None => read::stamp_of_file(&file).map_err(|e| self.io(e))? == before,
         };
         if !intact {
             return Err(stale(self));

@@ -106,6 +106,11 @@ pub(crate) fn stamp_of_stat(st: &rustix::fs::Stat) -> Stamp {
     }
 }
 
+/// The stamp of an open file, now.
+pub(crate) fn stamp_of_file(file: &fs::File) -> io::Result<Stamp> {
+    Ok(stamp_of_stat(&rustix::fs::fstat(file)?))
+}
+
 /// The owner-executable bit of a `stat` result.
 pub(crate) fn exec_of_stat(st: &rustix::fs::Stat) -> bool {
     st.st_mode & 0o100 != 0
@@ -202,7 +207,7 @@ fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt
     }
     let mut hasher = blake3::Hasher::new();
     let read = copy_into(file, &mut hasher)?;
-    let after = stamp_of_stat(&rustix::fs::fstat(&*file)?);
+    let after = stamp_of_file(file)?;
     if after != stamp || read != stamp.size {
         return Ok(Attempt::Changed);
     }

@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::read::{copy_into, Root};
+use crate::read::{copy_into, stamp_of_file, Root};
 use crate::tree::{File, NodeId, Stamp};
 use crate::Snapshot;
 
@@ -104,7 +104,7 @@ impl Reader {
         let path = || self.root.path().join(rel);
         let kept = self.kept.lock().unwrap().get(file.id);
         if let Some(backing) = kept {
-            let stamp = stamp_of(&backing).map_err(|e| ReadError::Io(path(), e))?;
+            let stamp = stamp_of_file(&backing).map_err(|e| ReadError::Io(path(), e))?;
             if self.trusted(file, stamp) {
                 let result = read_stamped(&backing, file, stamp, offset, size, path);
                 if result.as_ref().map_or(true, |b| at_end(file, offset, b)) {
@@ -123,7 +123,7 @@ impl Reader {
             Err(crate::Error::Io { cause, .. }) => return Err(ReadError::Io(path(), cause)),
             Err(_) => return Err(ReadError::Stale(path())),
         };
-        let stamp = stamp_of(&backing).map_err(|e| ReadError::Io(path(), e))?;
+        let stamp = stamp_of_file(&backing).map_err(|e| ReadError::Io(path(), e))?;
         let buf = if self.trusted(file, stamp) {
             read_stamped(&backing, file, stamp, offset, size, path)?
         } else {
@@ -191,7 +191,7 @@ impl Reader {
         std::io::Seek::rewind(&mut reader).map_err(Some)?;
         let read = copy_into(&mut reader, &mut pass).map_err(Some)?;
         if read != stamp.size
-            || stamp_of(backing).map_err(Some)? != stamp
+            || stamp_of_file(backing).map_err(Some)? != stamp
             || pass.hasher.finalize().as_bytes() != &file.content
             || pass.kept.len() != want
         {
@@ -257,14 +257,10 @@ fn read_stamped(
             Err(e) => return Err(ReadError::Io(path(), e)),
         }
     }
-    if stamp_of(backing).map_err(|e| ReadError::Io(path(), e))? != stamp {
+    if stamp_of_file(backing).map_err(|e| ReadError::Io(path(), e))? != stamp {
         return Err(ReadError::Torn(path()));
     }
     Ok(buf)
-}
-
-fn stamp_of(f: &std::fs::File) -> io::Result<Stamp> {
-    f.metadata().map(|m| Stamp::of(&m))
 }
 
 #[cfg(test)]
