@@ -143,10 +143,9 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
     tree.visit(&mut |_, _| count += 1);
     let mut bytes = MAGIC.to_vec();
     bytes.extend_from_slice(&VERSION.to_le_bytes());
-    let encode = |value: &dyn erased::Encode, bytes: Vec<u8>| value.encode(bytes);
-    bytes = encode(&project.as_os_str().as_bytes(), bytes);
-    bytes = encode(&filter, bytes);
-    bytes = encode(&count, bytes);
+    bytes = append(bytes, &project.as_os_str().as_bytes());
+    bytes = append(bytes, &filter);
+    bytes = append(bytes, &count);
     tree.visit(&mut |rel, node| {
         let depth = if rel.is_empty() {
             0
@@ -165,7 +164,7 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
             Node::Symlink(s) => Kind::Symlink(&s.target),
         };
         let record = Record { depth, name, kind };
-        bytes = encode(&record, std::mem::take(&mut bytes));
+        bytes = append(std::mem::take(&mut bytes), &record);
     });
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
@@ -195,17 +194,9 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Appending one value's postcard encoding to a buffer, for values of different types.
-mod erased {
-    pub(super) trait Encode {
-        fn encode(&self, bytes: Vec<u8>) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self, bytes: Vec<u8>) -> Vec<u8> {
-            postcard::to_extend(self, bytes).expect("serialising to memory cannot fail")
-        }
-    }
+/// `bytes` with `value`'s postcard encoding appended.
+fn append(bytes: Vec<u8>, value: &impl Serialize) -> Vec<u8> {
+    postcard::to_extend(value, bytes).expect("serialising to memory cannot fail")
 }
 
 /// Rebuilds the tree from the count and the depth-first records that follow it; `None` if they
