@@ -4,7 +4,7 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,13 @@ enum Command {
     /// Nix integration: the pre-build hook and the nix.conf setup.
     #[command(subcommand)]
     Nix(cmd::nix::Nix),
+    /// A systemd user unit that keeps the project's daemon running.
+    #[command(subcommand)]
+    Service(cmd::service::Service),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(cmd::completions::Args),
+    /// Print the man page, srcstore(1), or a command's (`srcstore man mount`).
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,9 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::status::run(args),
         Command::Nix(cmd) => cmd::nix::run(cmd),
         Command::Watch(args) => cmd::watch::run(args),
+        Command::Service(cmd) => cmd::service::run(cmd),
+        Command::Completions(args) => cmd::completions::run(args, Cli::command()),
+        Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

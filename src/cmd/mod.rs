@@ -1,8 +1,10 @@
+pub mod completions;
 mod daemon;
 pub mod hash;
 pub mod mount;
 pub mod nix;
 pub mod path;
+pub mod service;
 mod setup;
 pub mod status;
 mod view;
