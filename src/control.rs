@@ -2,13 +2,21 @@
 //! daemon serving a project.
 //!
 //! One Unix socket per project, `<runtime>/<key>.sock`, where `<runtime>` is `/run/srcstore` for
-//! root and `$XDG_RUNTIME_DIR/srcstore` otherwise, and `<key>` is derived from the project's
-//! absolute path. The protocol is one JSON object per line each way; every request carries
-//! `"v": 1` and a daemon answers a version it does not speak with an error, never a guess.
-//! Only the daemon's own user and root may talk to it (checked with `SO_PEERCRED`).
+//! root, `$XDG_RUNTIME_DIR/srcstore` for a user who has one, and `/tmp/srcstore-<uid>`
+//! otherwise (whatever `TMPDIR` says, so that the root hook, which never sees a user's
+//! environment, knows every default place). `<key>` is derived from the project's absolute
+//! path. The protocol is one JSON object per line each way; every request carries `"v": 1` and
+//! a daemon answers a version it does not speak with an error, never a guess.
+//!
+//! Trust runs both ways and is checked with `SO_PEERCRED`: only the daemon's own user and root
+//! may talk to a daemon, and a client believes an answer only from a daemon running as the
+//! user it expects (or root). A runtime directory is used only when it is a directory of its
+//! user's, closed to everyone else: in a shared `/tmp`, another user could otherwise have made
+//! it first and put a socket of their own in it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +74,9 @@ pub struct Response {
     pub status: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    /// With a refusal of a request's protocol version: the version this daemon speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaks: Option<u32>,
 }
 
 impl Response {
@@ -80,15 +91,77 @@ impl Response {
 
 /// Where daemons of this user keep sockets, locks and default mountpoints.
 pub fn runtime_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
         return PathBuf::from("/run/srcstore");
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d).join("srcstore"),
-        None => {
-            std::env::temp_dir().join(format!("srcstore-{}", rustix::process::geteuid().as_raw()))
+        None => fallback_runtime_dir(uid.as_raw()),
+    }
+}
+
+/// A user's runtime directory when they have no `XDG_RUNTIME_DIR`.
+pub fn fallback_runtime_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/srcstore-{uid}"))
+}
+
+/// [`runtime_dir`], made (mode 0700) if `create` and it is missing, and checked: a directory,
+/// not a link, owned by this user and closed to everyone else. Anything else is refused with
+/// the reason and the fix, since whoever controls it controls what `path` answers.
+pub fn private_runtime_dir(create: bool) -> std::io::Result<PathBuf> {
+    let dir = runtime_dir();
+    if create {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = dir.parent() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)?;
+                }
+                std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
         }
     }
+    check_private_dir(&dir, rustix::process::geteuid().as_raw())?;
+    Ok(dir)
+}
+
+/// `dir` is a directory (not a link) owned by `uid` with no access for group or others.
+pub fn check_private_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
+    if !meta.file_type().is_dir() {
+        return refuse(format!(
+            "not a directory of srcstore's (a {}); remove it and start again",
+            if meta.file_type().is_symlink() {
+                "symlink"
+            } else {
+                "file"
+            }
+        ));
+    }
+    if meta.uid() != uid {
+        return refuse(format!(
+            "owned by uid {}, not by uid {uid}: another user may have made it; remove it (as root) and start again",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return refuse(format!(
+            "mode {:o} lets other users in; run `chmod 700` on it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 fn key(project: &Path) -> String {
@@ -123,9 +196,32 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(socket: &Path) -> std::io::Result<Client> {
+    /// Connects to the daemon at `socket`, which must run as `daemon_uid` or as root: an answer
+    /// from anyone else is never believed, and nothing is sent to them.
+    pub fn connect(socket: &Path, daemon_uid: u32) -> std::io::Result<Client> {
+        Client::connect_within(socket, daemon_uid, Duration::from_secs(60))
+    }
+
+    /// [`Client::connect`], giving up on any answer that takes longer than `timeout`.
+    pub fn connect_within(
+        socket: &Path,
+        daemon_uid: u32,
+        timeout: Duration,
+    ) -> std::io::Result<Client> {
         let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+        if peer.uid.as_raw() != daemon_uid && !peer.uid.is_root() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the process answering at {} runs as uid {}, not uid {daemon_uid}: it is not this user's srcstore daemon",
+                    socket.display(),
+                    peer.uid.as_raw()
+                ),
+            ));
+        }
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
@@ -227,14 +323,14 @@ fn converse(stream: UnixStream, me: u32, handler: &Arc<dyn Handler>) -> std::io:
                 return Ok(());
             }
             Ok(request) => write_response(&mut writer, &handler.handle(request))?,
-            Err(refusal) => write_response(&mut writer, &Response::error(refusal))?,
+            Err(refusal) => write_response(&mut writer, &refusal)?,
         }
     }
 }
 
-/// Parses one request line; a malformed or foreign-version one gets the reason to send back.
+/// Parses one request line; a malformed or foreign-version one gets the refusal to send back.
 /// Never panics, whatever the bytes.
-pub fn parse(line: &[u8]) -> Result<Request, String> {
+pub fn parse(line: &[u8]) -> Result<Request, Box<Response>> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
@@ -244,15 +340,18 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
             v: PROTOCOL_VERSION,
         }) => {}
         Ok(Version { v }) => {
-            return Err(format!(
-                "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
-            ))
+            return Err(Box::new(Response {
+                speaks: Some(PROTOCOL_VERSION),
+                ..Response::error(format!(
+                    "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
+                ))
+            }))
         }
-        Err(e) => return Err(format!("bad request: {e}")),
+        Err(e) => return Err(Box::new(Response::error(format!("bad request: {e}")))),
     }
     serde_json::from_slice::<Envelope<Request>>(line)
         .map(|e| e.body)
-        .map_err(|e| format!("bad request: {e}"))
+        .map_err(|e| Box::new(Response::error(format!("bad request: {e}"))))
 }
 
 fn write_response(w: &mut UnixStream, r: &Response) -> std::io::Result<()> {
@@ -276,7 +375,12 @@ mod tests {
             Ok(Request::Path { sub: Some(s) }) if s == "pkg/foo"
         ));
         let r = parse(br#"{"v":2,"op":"status"}"#).unwrap_err();
-        assert!(r.contains("version 2"));
+        assert!(r.error.unwrap().contains("version 2"));
+        assert_eq!(
+            r.speaks,
+            Some(PROTOCOL_VERSION),
+            "a refusal says what would do"
+        );
         for bad in [
             &b""[..],
             b"{",

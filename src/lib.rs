@@ -16,6 +16,7 @@
 
 pub mod control;
 mod error;
+pub mod hook;
 pub mod index;
 pub mod live;
 pub mod name;

@@ -86,7 +86,16 @@ pub struct Mounted {
     unmounter: fuser::SessionUnmounter,
     notifier: fuser::Notifier,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    /// Signalled when the session has ended.
+    ended: std::sync::mpsc::Receiver<()>,
 }
+
+/// How long an unmount waits for the kernel to end the session. It ends only when nothing
+/// holds the filesystem any more: a process with a file or working directory in the view, or
+/// a clone of one of its directories mounted elsewhere (the Nix hook stages such clones),
+/// keeps it alive after the detach. The server then stops waiting; the connection ends, and
+/// whatever still holds the view gets errors, when this process closes its descriptors.
+const SESSION_END_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Mounts `source` read-only at `mountpoint` and serves it from background threads.
 /// `on_exit` runs when the session ends for any reason (including an external unmount).
@@ -116,10 +125,12 @@ pub fn mount<S: Source>(
     let mut session = fuser::Session::new(view, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     let notifier = session.notifier();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("srcstore-fuse".into())
         .spawn(move || {
             let result = session.run();
+            let _ = ended_tx.send(());
             on_exit();
             result
         })?;
@@ -127,6 +138,7 @@ pub fn mount<S: Source>(
         unmounter,
         notifier,
         thread: Some(thread),
+        ended,
     })
 }
 
@@ -139,6 +151,9 @@ impl Mounted {
             .inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::from_bytes(name));
     }
 
+    /// Detaches the mount and ends the session, waiting for the kernel a bounded time only
+    /// (see [`SESSION_END_GRACE`]): a reader holding a file open never keeps a server from
+    /// stopping.
     pub fn unmount(mut self) -> io::Result<()> {
         self.stop()
     }
@@ -148,6 +163,12 @@ impl Mounted {
             return Ok(());
         };
         let unmounted = self.unmounter.unmount();
+        if self.ended.recv_timeout(SESSION_END_GRACE).is_err() {
+            tracing::info!(
+                "the view is still held (an open file or a staged snapshot); its connection ends with this process"
+            );
+            return unmounted;
+        }
         let joined = thread
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("FUSE thread panicked")));

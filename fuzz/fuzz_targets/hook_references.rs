@@ -2,7 +2,7 @@
 //! every reference found really is `<dir>/<32 base-32 chars>-<name>`.
 #![no_main]
 
-use srcstore::nix::{drv::Derivation, hook};
+use srcstore::{hook, nix::drv::Derivation};
 
 libfuzzer_sys::fuzz_target!(|data: (&str, &str)| {
     let (mountinfo, value) = data;
@@ -16,5 +16,12 @@ libfuzzer_sys::fuzz_target!(|data: (&str, &str)| {
         assert_eq!(hash.len(), 32);
         assert!(!name.is_empty());
     }
-    let _ = hook::sandbox_block(&hook::references(&d, &views));
+    let refs = hook::references(&d, &views);
+    let staged: Vec<std::path::PathBuf> = (0..refs.len()).map(|i| format!("/stage/{i}").into()).collect();
+    if let Ok(block) = hook::sandbox_block(&refs, &staged) {
+        // Every line maps a path to what the hook staged: nothing a mountpoint says adds one.
+        for line in block.lines().skip(1).filter(|l| !l.is_empty()) {
+            assert!(line.split_once('=').is_some_and(|(_, o)| o.starts_with("/stage/")), "{line:?}");
+        }
+    }
 });

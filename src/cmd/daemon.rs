@@ -11,7 +11,7 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         Some(d) => std::fs::canonicalize(d).with_context(|| d.display().to_string())?,
         None => std::env::current_dir().context("current directory")?,
     };
-    let runtime = control::runtime_dir();
+    let runtime = runtime_dir(false)?;
     let Some(project) = control::find_project(&runtime, &start) else {
         bail!(
             "{}: no srcstore daemon serves this directory or a parent; start one in the project with `srcstore mount --allow-other`",
@@ -19,7 +19,7 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         );
     };
     let socket = control::socket_path(&runtime, &project);
-    let mut client = Client::connect(&socket).with_context(|| {
+    let mut client = connect(&socket).with_context(|| {
         format!(
             "{}: its daemon is not running (stale socket {}); start it again with `srcstore mount`",
             project.display(),
@@ -38,4 +38,19 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         );
     }
     Ok((project, response))
+}
+
+/// This user's runtime directory, checked (and made, if `create`): see
+/// [`control::private_runtime_dir`]. A missing one is returned too: nothing is served from it.
+pub fn runtime_dir(create: bool) -> anyhow::Result<PathBuf> {
+    match control::private_runtime_dir(create) {
+        Ok(dir) => Ok(dir),
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(control::runtime_dir()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", control::runtime_dir().display())),
+    }
+}
+
+/// A connection to a daemon of this user's.
+pub fn connect(socket: &Path) -> std::io::Result<Client> {
+    Client::connect(socket, rustix::process::geteuid().as_raw())
 }

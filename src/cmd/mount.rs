@@ -101,8 +101,7 @@ impl Server {
                 &dir.file_name().unwrap_or_default().to_string_lossy(),
             ),
         };
-        let runtime = control::runtime_dir();
-        fs::create_dir_all(&runtime).with_context(|| runtime.display().to_string())?;
+        let runtime = super::daemon::runtime_dir(true)?;
         let mountpoint = match &args.mountpoint {
             Some(m) => std::path::absolute(m)?,
             None => control::default_mountpoint(&runtime, &dir, &name),

@@ -1,11 +1,6 @@
-use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
-
-use srcstore::control::{Client, Request};
-use srcstore::nix::{drv, hook};
 
 #[derive(clap::Subcommand)]
 pub enum Nix {
@@ -25,11 +20,6 @@ pub struct HookArgs {
     #[arg(long)]
     previous: Option<PathBuf>,
 }
-
-/// With the build's chroot to watch, a pin outlives it only by this much at most.
-const LEASE_WITH_CHROOT: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Without it (a caller that passes no chroot), the build must finish within this.
-const LEASE_WITHOUT_CHROOT: Duration = Duration::from_secs(6 * 3600);
 
 pub fn run(cmd: Nix) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -68,51 +58,9 @@ fn run_hook(args: HookArgs) -> anyhow::Result<ExitCode> {
             out.push('\n');
         }
     }
-    out.push_str(&snapshot_block(&args)?);
+    out.push_str(&srcstore::hook::run(&args.drv, args.chroot.as_deref())?);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn snapshot_block(args: &HookArgs) -> anyhow::Result<String> {
-    let Ok(text) = fs::read(&args.drv) else {
-        return Ok(String::new());
-    };
-    let Ok(derivation) = drv::parse(&text) else {
-        return Ok(String::new());
-    };
-    let views = hook::view_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
-    let refs = hook::references(&derivation, &views);
-    for r in &refs {
-        let path = r.path.display();
-        let Some(view) = &r.view else {
-            anyhow::bail!(
-                "{path}: no srcstore daemon serves this snapshot any more; start `srcstore mount --allow-other` in the project and build with the path `srcstore path` prints"
-            );
-        };
-        let lease = if args.chroot.is_some() {
-            LEASE_WITH_CHROOT
-        } else {
-            LEASE_WITHOUT_CHROOT
-        };
-        let pin = Request::Pin {
-            basename: r.basename.clone(),
-            lease_secs: Some(lease.as_secs()),
-            until_gone: args.chroot.as_ref().map(|c| c.display().to_string()),
-        };
-        let answer = Client::connect(&view.socket).and_then(|mut c| c.request(pin));
-        match answer {
-            Ok(a) if a.ok => {}
-            Ok(a) => anyhow::bail!(
-                "{path}: no longer served ({}); build with the path `srcstore path` prints now",
-                a.error.unwrap_or_default()
-            ),
-            Err(e) => anyhow::bail!(
-                "{path}: the srcstore daemon serving it is not running ({}: {e}); run `srcstore mount --allow-other` in the project again",
-                view.socket.display()
-            ),
-        }
-    }
-    Ok(hook::sandbox_block(&refs))
 }

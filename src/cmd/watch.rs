@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use srcstore::control::{self, Client, Request, Response};
+use srcstore::control::{self, Request, Response};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,7 +38,7 @@ const RUN_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = std::fs::canonicalize(&args.dir).with_context(|| args.dir.display().to_string())?;
-    let runtime = control::runtime_dir();
+    let runtime = super::daemon::runtime_dir(false)?;
     let in_process = match control::find_project(&runtime, &dir) {
         Some(_) => None,
         None => Some(start_daemon(&dir)?),
@@ -65,11 +65,11 @@ fn start_daemon(dir: &Path) -> anyhow::Result<(impl Fn(), std::thread::JoinHandl
 fn watch(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     let socket = {
-        let runtime = control::runtime_dir();
+        let runtime = super::daemon::runtime_dir(false)?;
         let project = control::find_project(&runtime, dir).context("the daemon went away")?;
         control::socket_path(&runtime, &project)
     };
-    let events = Client::connect(&socket)?.subscribe()?;
+    let events = super::daemon::connect(&socket)?.subscribe()?;
     let daemon_tx = tx.clone();
     std::thread::spawn(move || {
         for e in events {
@@ -130,7 +130,8 @@ fn watch(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
             describe(status)
         );
         if let Some(id) = pin {
-            let _ = Client::connect(&socket).and_then(|mut c| c.request(Request::Unpin { id }));
+            let _ =
+                super::daemon::connect(&socket).and_then(|mut c| c.request(Request::Unpin { id }));
         }
         if interrupted {
             return Ok(ExitCode::SUCCESS);
@@ -177,7 +178,7 @@ fn pin(socket: &Path, basename: &str) -> Option<u64> {
         lease_secs: Some(RUN_LEASE.as_secs()),
         until_gone: None,
     };
-    Client::connect(socket)
+    super::daemon::connect(socket)
         .and_then(|mut c| c.request(request))
         .ok()
         .and_then(|r| r.pin)

@@ -1,66 +1,15 @@
-//! The pre-build hook's logic: which snapshot paths a derivation names, which daemon serves
-//! each, and the `extra-sandbox-paths` block that makes exactly those visible.
-//!
-//! Daemons are found in the kernel's mount table: a srcstore view is a FUSE mount (type `fuse`,
-//! or `fuse.srcstore` where the mount helper records the subtype) whose source is
-//! `srcstore:<control socket>`.
+//! Which snapshot paths a derivation names, and the `extra-sandbox-paths` block that makes
+//! exactly those visible.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::drv::Derivation;
+use super::mountinfo::ViewMount;
+use super::HookError;
+use crate::nix::drv::Derivation;
 
 /// Where, inside the sandbox, the main snapshot also appears: the same path for every
 /// snapshot, so compilers that hash absolute source paths keep hitting their caches.
 pub const STABLE_SRC: &str = "/srcstore/src";
-
-/// A srcstore view in the mount table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ViewMount {
-    pub mountpoint: PathBuf,
-    pub socket: PathBuf,
-}
-
-/// The srcstore views listed in `/proc/self/mountinfo` text.
-pub fn view_mounts(mountinfo: &str) -> Vec<ViewMount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mountpoint = unescape(left.split(' ').nth(4)?);
-            let mut right = right.split(' ');
-            if !matches!(right.next()?, "fuse" | "fuse.srcstore") {
-                return None;
-            }
-            let socket = unescape(right.next()?)
-                .strip_prefix("srcstore:")?
-                .to_owned();
-            Some(ViewMount {
-                mountpoint: mountpoint.into(),
-                socket: socket.into(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// A snapshot path a derivation names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +24,8 @@ pub struct Reference {
 }
 
 /// Snapshot paths in the derivation's strings: under a mounted view, or under a default
-/// srcstore runtime directory (`/run/srcstore`, `/run/user/<uid>/srcstore`), where a path with
-/// no view means its daemon is gone.
+/// srcstore runtime directory (`/run/srcstore`, `/run/user/<uid>/srcstore`,
+/// `/tmp/srcstore-<uid>`), where a path with no view means its daemon is gone or out of sight.
 pub fn references(drv: &Derivation, views: &[ViewMount]) -> Vec<Reference> {
     let mut found: Vec<Reference> = Vec::new();
     let src = drv
@@ -123,22 +72,38 @@ fn reference_at(s: &str, views: &[ViewMount]) -> Option<Reference> {
             });
         }
     }
-    // /run/srcstore/<mnt>/<base> or /run/user/<uid>/srcstore/<mnt>/<base>
-    let rest = s.strip_prefix("/run/srcstore/").or_else(|| {
-        s.strip_prefix("/run/user/")
-            .and_then(|r| r.split_once("/srcstore/"))
-            .map(|(_, r)| r)
-    })?;
+    let (runtime, rest) = default_runtime_dir(s)?;
     let (mnt, after) = rest.split_once('/')?;
     let base = snapshot_basename(after)?;
-    let prefix_len = s.len() - after.len();
     Some(Reference {
-        path: PathBuf::from(&s[..prefix_len]).join(base),
+        path: Path::new(runtime).join(mnt).join(base),
         basename: base.to_owned(),
         view: None,
         is_src: false,
     })
     .filter(|_| !mnt.is_empty())
+}
+
+/// Splits `s` after a default runtime directory of srcstore's: `/run/srcstore/`,
+/// `/run/user/<uid>/srcstore/` or `/tmp/srcstore-<uid>/` (see `daemon`'s runtime paths).
+pub fn default_runtime_dir(s: &str) -> Option<(&str, &str)> {
+    let digits = |r: &str| -> Option<usize> {
+        let n = r.bytes().take_while(u8::is_ascii_digit).count();
+        (n > 0).then_some(n)
+    };
+    let len = if s.starts_with("/run/srcstore/") {
+        "/run/srcstore".len()
+    } else if let Some(r) = s.strip_prefix("/run/user/") {
+        let n = digits(r)?;
+        r[n..].strip_prefix("/srcstore/")?;
+        "/run/user/".len() + n + "/srcstore".len()
+    } else {
+        let r = s.strip_prefix("/tmp/srcstore-")?;
+        let n = digits(r)?;
+        r[n..].strip_prefix('/')?;
+        "/tmp/srcstore-".len() + n
+    };
+    Some((&s[..len], &s[len + 1..]))
 }
 
 /// `<32 base-32 chars>-<name>` at the start of `s`, ending at `/`, a non-name byte or the end.
@@ -160,40 +125,55 @@ fn snapshot_basename(s: &str) -> Option<&str> {
     (end > 33).then(|| &s[..end])
 }
 
-/// The hook's answer: each snapshot at its own path, the main one (the `src` attribute's, else
-/// the first) also at [`STABLE_SRC`], and every one at `/srcstore/<name>`.
-pub fn sandbox_block(refs: &[Reference]) -> String {
+/// The hook's answer: each snapshot, staged at `staged[i]`, at the path the derivation names;
+/// the main one (the `src` attribute's, else the first) also at [`STABLE_SRC`], and every one
+/// at `/srcstore/<name>`.
+pub fn sandbox_block(refs: &[Reference], staged: &[PathBuf]) -> Result<String, HookError> {
     if refs.is_empty() {
-        return String::new();
+        return Ok(String::new());
     }
     let main = refs.iter().position(|r| r.is_src).unwrap_or(0);
     let mut out = String::from("extra-sandbox-paths\n");
-    for (i, r) in refs.iter().enumerate() {
-        let p = r.path.display();
-        out.push_str(&format!("{p}\n"));
+    for (i, (r, outside)) in refs.iter().zip(staged).enumerate() {
+        out.push_str(&sandbox_line(&r.path, &r.path, outside)?);
         if i == main {
-            out.push_str(&format!("{STABLE_SRC}={p}\n"));
+            out.push_str(&sandbox_line(&r.path, Path::new(STABLE_SRC), outside)?);
         }
         if let Some((_, name)) = r.basename.split_once('-') {
             if i != main || name != "src" {
-                out.push_str(&format!("/srcstore/{name}={p}\n"));
+                let inside = Path::new("/srcstore").join(name);
+                out.push_str(&sandbox_line(&r.path, &inside, outside)?);
             }
         }
     }
     out.push('\n');
-    out
+    Ok(out)
+}
+
+/// One `INSIDE=OUTSIDE` line. Nix splits the hook's output at newlines and each line at its
+/// first `=`, so a path holding either would say something else than meant (a mountpoint with
+/// a newline in it could add a line of its own): such a path is refused, never written.
+fn sandbox_line(named: &Path, inside: &Path, outside: &Path) -> Result<String, HookError> {
+    for p in [inside, outside] {
+        let s = p
+            .to_str()
+            .ok_or_else(|| HookError::new(named, "the path is not UTF-8"))?;
+        if let Some(c) = s.chars().find(|c| matches!(c, '\n' | '\r' | '=' | '\0')) {
+            return Err(HookError::new(
+                named,
+                format!(
+                    "the path holds {c:?}, which Nix's sandbox-path syntax cannot carry; mount the view where the path has none (`srcstore mount --mountpoint`, `--name`)"
+                ),
+            ));
+        }
+    }
+    Ok(format!("{}={}\n", inside.display(), outside.display()))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::mountinfo::{tests::INFO, view_mounts};
     use super::*;
-    use std::path::Path;
-
-    const INFO: &str = "36 35 0:52 / /run/srcstore/proj-1a2b3c4d rw,nosuid,nodev,noatime - fuse.srcstore srcstore:/run/srcstore/abc.sock ro,user_id=0,group_id=0,allow_other\n\
-        37 35 0:53 / /tmp/with\\040space ro - fuse.srcstore srcstore:/tmp/s\\040ock ro\n\
-        38 35 0:54 / /mnt/other ro - fuse.bindfs /src ro\n\
-        39 35 0:55 / /mnt/plain ro - fuse srcstore:/run/srcstore/def.sock ro\n\
-        40 35 0:56 / /mnt/sshfs ro - fuse host:/dir ro\n";
 
     fn drv(env: &[(&str, &str)]) -> Derivation {
         Derivation {
@@ -205,20 +185,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn views_are_found_in_the_mount_table() {
-        let v = view_mounts(INFO);
-        assert_eq!(v.len(), 3);
-        assert_eq!(v[2].socket, Path::new("/run/srcstore/def.sock"));
-        assert_eq!(v[0].mountpoint, Path::new("/run/srcstore/proj-1a2b3c4d"));
-        assert_eq!(v[0].socket, Path::new("/run/srcstore/abc.sock"));
-        assert_eq!(v[1].mountpoint, Path::new("/tmp/with space"));
-    }
+    const H: &str = "0m7wq1c0m7wq1c0m7wq1c0m7wq1c0m7w";
 
     #[test]
     fn snapshot_paths_are_found_anywhere_in_strings_and_nothing_else() {
         let views = view_mounts(INFO);
-        let h = "0m7wq1c0m7wq1c0m7wq1c0m7wq1c0m7w";
+        let h = H;
         let d = drv(&[
             ("src", &format!("/run/srcstore/proj-1a2b3c4d/{h}-proj")),
             ("script", &format!("cd /tmp/with space/{h}-lib/sub && make")),
@@ -227,10 +199,12 @@ mod tests {
                 "/nix/store/abc-foo /run/srcstore/proj-1a2b3c4d/not-a-snapshot",
             ),
             ("gone", &format!("/run/user/1000/srcstore/x-1/{h}-old")),
+            ("fallback", &format!("/tmp/srcstore-1000/y-2/{h}-tmp")),
             (
                 "prefixed",
                 &format!("x/run/srcstore/proj-1a2b3c4d/{h}-nope"),
             ),
+            ("not-a-uid", &format!("/tmp/srcstore-x/y-2/{h}-nope")),
         ]);
         let refs = references(&d, &views);
         let paths: Vec<_> = refs
@@ -243,25 +217,47 @@ mod tests {
                 format!("/run/srcstore/proj-1a2b3c4d/{h}-proj"),
                 format!("/tmp/with space/{h}-lib"),
                 format!("/run/user/1000/srcstore/x-1/{h}-old"),
+                format!("/tmp/srcstore-1000/y-2/{h}-tmp"),
             ]
         );
         assert!(refs[0].is_src && refs[0].view.is_some());
         assert!(
-            refs[2].view.is_none(),
+            refs[2].view.is_none() && refs[3].view.is_none(),
             "a default-location path with no view is a dead daemon's"
         );
-        let block = sandbox_block(&refs);
+        let staged: Vec<PathBuf> = (0..4).map(|i| format!("/stage/{i}").into()).collect();
+        let block = sandbox_block(&refs, &staged).unwrap();
         assert!(block.starts_with("extra-sandbox-paths\n") && block.ends_with("\n\n"));
-        assert!(block.contains(&format!(
-            "/srcstore/src=/run/srcstore/proj-1a2b3c4d/{h}-proj\n"
-        )));
-        assert!(block.contains(&format!("/srcstore/lib=/tmp/with space/{h}-lib\n")));
+        assert!(block.contains(&format!("/run/srcstore/proj-1a2b3c4d/{h}-proj=/stage/0\n")));
+        assert!(block.contains("/srcstore/src=/stage/0\n"));
+        assert!(block.contains("/srcstore/lib=/stage/1\n"));
+        assert!(
+            block
+                .lines()
+                .skip(1)
+                .all(|l| l.is_empty() || l.contains("=/stage/")),
+            "every line maps a path to what the hook staged: {block}"
+        );
     }
 
     #[test]
     fn a_derivation_naming_no_snapshot_gets_no_block() {
         let d = drv(&[("src", "/nix/store/aaaa-src"), ("x", "/run/srcstore/")]);
         assert!(references(&d, &view_mounts(INFO)).is_empty());
-        assert_eq!(sandbox_block(&[]), "");
+        assert_eq!(sandbox_block(&[], &[]).unwrap(), "");
+    }
+
+    #[test]
+    fn a_mountpoint_with_a_newline_or_an_equals_sign_never_reaches_the_block() {
+        for mnt in ["/tmp/a\\012/root\\012/tmp/b", "/tmp/a=/root"] {
+            let info = format!("50 35 0:60 / {mnt} ro - fuse srcstore:/tmp/x.sock ro,user_id=1000");
+            let views = view_mounts(&info);
+            let named = format!("{}/{H}-x", views[0].mountpoint.display());
+            let refs = references(&drv(&[("src", &named)]), &views);
+            assert_eq!(refs.len(), 1);
+            let err = sandbox_block(&refs, &["/stage/0".into()]).unwrap_err();
+            assert!(err.to_string().starts_with(&named), "{err}");
+            assert!(!err.to_string().contains('\n') || named.contains('\n'));
+        }
     }
 }

@@ -1,0 +1,218 @@
+//! The pre-build hook: which snapshots a derivation names, and making exactly those visible in
+//! its sandbox without exposing anything else.
+//!
+//! Nix runs the hook as root before every sandboxed build of every user, so everything it reads
+//! (the derivation, the mount table, the sockets the table names, the views) may be written by
+//! a hostile local user. The hook never breaks a build that names no snapshot (no output, no
+//! error); a build that names one runs only if each snapshot is served by a daemon running as
+//! the view's owner, and sees it only through a clone that [`stage`] made of the directory it
+//! resolved itself. Each snapshot stays pinned until the build's chroot is gone.
+
+mod mountinfo;
+mod namespace;
+mod refs;
+mod stage;
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use mountinfo::{view_mounts, ViewMount};
+pub use refs::{references, sandbox_block, Reference, STABLE_SRC};
+pub use stage::{sweep, STAGE_ROOT};
+
+use crate::control::{self, Client, Request, PROTOCOL_VERSION};
+use crate::nix::drv;
+
+/// With the build's chroot to watch, a pin outlives it only by this much at most.
+const LEASE_WITH_CHROOT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Without it (a caller that passes no chroot), the build must finish within this.
+const LEASE_WITHOUT_CHROOT: Duration = Duration::from_secs(6 * 3600);
+/// How long a daemon may take to answer the hook; a build waits at most this per snapshot.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the hook refuses a build: one line naming the snapshot path.
+#[derive(Debug)]
+pub struct HookError {
+    path: PathBuf,
+    why: String,
+}
+
+impl HookError {
+    pub(crate) fn new(path: impl AsRef<Path>, why: impl fmt::Display) -> Self {
+        HookError {
+            path: path.as_ref().to_path_buf(),
+            why: why.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for HookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A path may hold a newline (a hostile mountpoint): the message stays one line.
+        let path = self.path.to_string_lossy();
+        write!(f, "{}: {}", path.escape_debug(), self.why)
+    }
+}
+
+impl std::error::Error for HookError {}
+
+/// The hook for the build of `drv` in `chroot`: the `extra-sandbox-paths` block to print, empty
+/// when the derivation names no snapshot (or cannot be read: then it is not ours to judge).
+pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
+    if let Err(e) = namespace::join_parent() {
+        // Not fatal for a build that names no snapshot; one that does gets "not visible".
+        tracing::debug!("cannot join the builder's mount namespace: {e}");
+    }
+    if let Err(e) = stage::sweep(false) {
+        tracing::debug!("{STAGE_ROOT}: {e}");
+    }
+    let Ok(text) = fs::read(drv) else {
+        return Ok(String::new());
+    };
+    let Ok(derivation) = drv::parse(&text) else {
+        return Ok(String::new());
+    };
+    let views = view_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    let refs = references(&derivation, &views);
+    if refs.is_empty() {
+        return Ok(String::new());
+    }
+    let lease = match chroot {
+        Some(_) => LEASE_WITH_CHROOT,
+        None => LEASE_WITHOUT_CHROOT,
+    };
+    let mut staging = stage::Staging::create(chroot, lease)
+        .map_err(|e| HookError::new(STAGE_ROOT, format!("cannot stage snapshots there ({e})")))?;
+    let result = (|| {
+        let mut staged = Vec::with_capacity(refs.len());
+        for r in &refs {
+            let view = r.view.as_ref().ok_or_else(|| unseen(r))?;
+            pin(view, r, chroot, lease)?;
+            let dir = stage::resolve(view, &r.basename, &r.path)?;
+            let slot = staging.stage(&dir).map_err(|e| {
+                HookError::new(&r.path, format!("cannot stage it for the sandbox ({e})"))
+            })?;
+            staged.push(slot);
+        }
+        sandbox_block(&refs, &staged)
+    })();
+    if result.is_err() {
+        staging.abandon();
+    }
+    result
+}
+
+/// Asks the daemon the view names to keep the snapshot until the build is over. The daemon
+/// must run as the view's owner (or root): a socket of anyone else's is never written to.
+fn pin(
+    view: &ViewMount,
+    r: &Reference,
+    chroot: Option<&Path>,
+    lease: Duration,
+) -> Result<u64, HookError> {
+    let socket = view.socket.display();
+    let owner = view.owner.unwrap_or(0);
+    let mut client = Client::connect_within(&view.socket, owner, ANSWER_TIMEOUT).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!("refused: {e}"),
+            _ => format!(
+                "the srcstore daemon serving it is not running ({socket}: {e}); run `srcstore mount --allow-other` in the project again"
+            ),
+        };
+        HookError::new(&r.path, why)
+    })?;
+    let request = Request::Pin {
+        basename: r.basename.clone(),
+        lease_secs: Some(lease.as_secs()),
+        until_gone: chroot.map(|c| c.display().to_string()),
+    };
+    let mismatch = |speaks: String| {
+        HookError::new(
+            &r.path,
+            format!(
+                "its daemon speaks control protocol {speaks} and this hook speaks {PROTOCOL_VERSION}: run `srcstore nix setup --apply` as root with the srcstore the daemon runs, to install the matching hook"
+            ),
+        )
+    };
+    let answer = client.request(request).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other => {
+            mismatch("an unknown version".into())
+        }
+        _ => HookError::new(
+            &r.path,
+            format!("its daemon did not answer ({socket}: {e})"),
+        ),
+    })?;
+    match answer {
+        a if a.ok => a.pin.ok_or_else(|| mismatch("an unknown version".into())),
+        a if a.speaks.is_some() => Err(mismatch(a.speaks.unwrap_or_default().to_string())),
+        a => Err(HookError::new(
+            &r.path,
+            format!(
+                "no longer served ({}); build with the path `srcstore path` prints now",
+                a.error.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// A snapshot path at a default place of srcstore's with no view mounted there: its daemon is
+/// gone, or it runs but its mount is out of this process's sight (nix-daemon's own mount
+/// namespace sees mounts made after it started only when the root mount is shared).
+fn unseen(r: &Reference) -> HookError {
+    let elsewhere = "; if `srcstore mount` runs, nix-daemon may not see its mount: start it after `srcstore mount`, or make the root mount shared (`mount --make-rshared /`) and restart it";
+    match serving_daemon(&r.path) {
+        Some(pid) => HookError::new(
+            &r.path,
+            format!(
+                "served by a srcstore daemon (pid {pid}), but its mount is not visible to nix-daemon, which runs in a mount namespace of its own: make the root mount shared (`mount --make-rshared /`) and restart nix-daemon, or restart nix-daemon after `srcstore mount`"
+            ),
+        ),
+        None => HookError::new(
+            &r.path,
+            format!(
+                "no srcstore daemon serves this snapshot any more; start `srcstore mount --allow-other` in the project and build with the path `srcstore path` prints{}",
+                if own_mount_namespace() { elsewhere } else { "" }
+            ),
+        ),
+    }
+}
+
+/// The pid of a daemon in the default runtime directory `path` lies in that serves the
+/// mountpoint `path` lies in. Only a runtime directory private to its user is asked, and only
+/// daemons running as that user.
+fn serving_daemon(path: &Path) -> Option<u64> {
+    let text = path.to_str()?;
+    let (runtime, rest) = refs::default_runtime_dir(text)?;
+    let mountpoint = Path::new(runtime).join(rest.split('/').next()?);
+    let uid = match runtime.strip_prefix("/run/user/") {
+        Some(r) => r.split('/').next()?.parse().ok()?,
+        None => match runtime.strip_prefix("/tmp/srcstore-") {
+            Some(uid) => uid.parse().ok()?,
+            None => 0,
+        },
+    };
+    control::check_private_dir(Path::new(runtime), uid).ok()?;
+    fs::read_dir(runtime).ok()?.flatten().find_map(|entry| {
+        let socket = entry.path();
+        if socket.extension()? != "sock" {
+            return None;
+        }
+        let mut client = Client::connect_within(&socket, uid, Duration::from_secs(2)).ok()?;
+        let status = client.request(Request::Status).ok()?.status?;
+        (status["mountpoint"].as_str()? == mountpoint.to_str()?).then(|| status["pid"].as_u64())?
+    })
+}
+
+/// Whether this process's mount namespace is not the machine's first one.
+fn own_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
+}

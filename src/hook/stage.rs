@@ -1,0 +1,215 @@
+//! Resolving a named snapshot the way root must, and staging a clone of it for the sandbox.
+//!
+//! Everything the hook is handed comes from users: the derivation, the mount table, the view's
+//! answers. Nix bind-mounts whatever path the hook prints, following symlinks, as root; so the
+//! hook never prints a path a user can redirect. It opens the view's root by the mountpoint
+//! without following any symlink, checks by the mount's id that it holds the root of the very
+//! FUSE mount the table listed, opens the snapshot's directory beneath it without following
+//! symlinks or leaving that mount, and clones exactly that directory
+//! (`open_tree(OPEN_TREE_CLONE)`, not recursive) onto a slot of a root-only staging directory
+//! (`move_mount`). The kernel fixed the directory when it was opened, so a server that answers
+//! "directory" now and "symlink" later changes nothing: Nix binds the clone, and the clone can
+//! only show what that FUSE server serves, never a path outside it.
+//!
+//! Staging directories, one per build, live in [`STAGE_ROOT`] with a `build` record naming the
+//! build's chroot (or a deadline). The hook exits before the build starts and a user's daemon
+//! cannot unmount root's mounts, so every hook run first sweeps away the stagings of builds
+//! that are over; `srcstore nix setup --undo` sweeps them all.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
+use rustix::io::Errno;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
+
+use super::mountinfo::ViewMount;
+use super::HookError;
+
+/// Where staged snapshots are mounted: root's own, mode 0700.
+pub const STAGE_ROOT: &str = "/run/srcstore-hook";
+/// `statfs` type of a FUSE filesystem.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// A staging whose hook died before it wrote its record is swept after this.
+const UNRECORDED_GRACE: Duration = Duration::from_secs(60);
+
+/// Opens the snapshot directory `basename` of `view` as described in the module docs.
+pub fn resolve(view: &ViewMount, basename: &str, named: &Path) -> Result<OwnedFd, HookError> {
+    let fail = |why: String| HookError::new(named, why);
+    let root = rustix::fs::openat2(
+        CWD,
+        &view.mountpoint,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot open the view at {} without following symlinks ({e})",
+            view.mountpoint.display()
+        ))
+    })?;
+    let st = rustix::fs::statx(&root, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .map_err(|e| fail(format!("cannot stat the view ({e})")))?;
+    let is_fuse = rustix::fs::fstatfs(&root).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC);
+    if st.stx_mnt_id != view.id || !is_fuse {
+        return Err(fail(format!(
+            "{} is not the srcstore view the mount table lists there (it changed while the hook looked); build again",
+            view.mountpoint.display()
+        )));
+    }
+    rustix::fs::openat2(
+        &root,
+        basename,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS
+            | ResolveFlags::NO_XDEV,
+    )
+    .map_err(|e| {
+        fail(match e {
+            Errno::NOENT => {
+                "not served by the view; build with the path `srcstore path` prints now".into()
+            }
+            Errno::LOOP | Errno::NOTDIR => {
+                "not a directory of the srcstore view (a symlink or a file): refused".into()
+            }
+            Errno::XDEV => "another mount covers it inside the view: refused".into(),
+            e => format!("cannot open it in the view ({e})"),
+        })
+    })
+}
+
+/// A staging directory for one build's snapshots.
+pub struct Staging {
+    dir: PathBuf,
+    slots: usize,
+}
+
+impl Staging {
+    /// A new staging directory for the build with `chroot` (or one that ends within `lease`),
+    /// its record written before anything is mounted in it.
+    pub fn create(chroot: Option<&Path>, lease: Duration) -> std::io::Result<Staging> {
+        let root = stage_root(true)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let dir = root.join(format!("{}-{}", std::process::id(), now.as_nanos()));
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let record = match chroot {
+            Some(c) => format!("chroot {}\n", c.display()),
+            None => format!("until {}\n", (now + lease).as_secs()),
+        };
+        let mut f = fs::File::create_new(dir.join("build"))?;
+        f.write_all(record.as_bytes())?;
+        Ok(Staging { dir, slots: 0 })
+    }
+
+    /// Mounts a clone of the directory `dir` (from [`resolve`]) on the next slot; its path.
+    pub fn stage(&mut self, dir: &OwnedFd) -> std::io::Result<PathBuf> {
+        let slot = self.dir.join(self.slots.to_string());
+        self.slots += 1;
+        fs::DirBuilder::new().mode(0o700).create(&slot)?;
+        let tree = rustix::mount::open_tree(
+            dir,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            CWD,
+            &slot,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        Ok(slot)
+    }
+
+    /// Takes back what this staging mounted (a hook that fails after staging).
+    pub fn abandon(self) {
+        remove(&self.dir);
+    }
+}
+
+/// The staging root, made if `create` and checked: root's own directory, closed to others.
+fn stage_root(create: bool) -> std::io::Result<PathBuf> {
+    let root = PathBuf::from(STAGE_ROOT);
+    if create {
+        match fs::DirBuilder::new().mode(0o700).create(&root) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    crate::control::check_private_dir(&root, 0)?;
+    Ok(root)
+}
+
+/// Removes the stagings of builds that are over (every one, with `all`); how many.
+pub fn sweep(all: bool) -> std::io::Result<usize> {
+    let root = match stage_root(false) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        r => r?,
+    };
+    let mut removed = 0;
+    for entry in fs::read_dir(&root)? {
+        let dir = entry?.path();
+        if all || is_over(&dir) {
+            remove(&dir);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn is_over(dir: &Path) -> bool {
+    let Ok(record) = fs::read_to_string(dir.join("build")) else {
+        let age = fs::symlink_metadata(dir).map_or(Duration::MAX, |m| {
+            let made = UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
+            SystemTime::now().duration_since(made).unwrap_or_default()
+        });
+        return age > UNRECORDED_GRACE;
+    };
+    let record = record.trim_end();
+    if let Some(chroot) = record.strip_prefix("chroot ") {
+        return fs::symlink_metadata(chroot)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    }
+    let until = record
+        .strip_prefix("until ")
+        .and_then(|u| u.parse::<u64>().ok());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    until.is_none_or(|u| now >= u)
+}
+
+/// Detaches every slot's mount (a dead daemon's answers ENOTCONN; detaching still works) and
+/// removes the directory.
+fn remove(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name() == "build" {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            match rustix::mount::unmount(&path, UnmountFlags::DETACH) {
+                Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => {}
+                Err(e) => {
+                    tracing::warn!("{}: cannot unmount a staged snapshot: {e}", path.display())
+                }
+            }
+            let _ = fs::remove_dir(&path);
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
