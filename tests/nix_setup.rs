@@ -4,6 +4,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use support::{write, Sandbox};
@@ -11,6 +12,8 @@ use support::{write, Sandbox};
 struct Conf {
     dir: std::path::PathBuf,
     fuse: std::path::PathBuf,
+    /// Root's copy lands beside the hook, so its directory must be one only root can write.
+    _root_only: Option<tempfile::TempDir>,
 }
 
 fn setup(sb: &Sandbox, c: &Conf, extra: &[&str]) -> std::process::Output {
@@ -24,11 +27,27 @@ fn setup(sb: &Sandbox, c: &Conf, extra: &[&str]) -> std::process::Output {
 }
 
 fn conf(sb: &Sandbox, nix_conf: &str, fuse_conf: &str) -> Conf {
-    let dir = sb.path("etc-nix");
+    let root_only = root_only_dir();
+    let dir = root_only.path().join("etc-nix");
     write(&dir.join("nix.conf"), nix_conf);
+    support::chmod(&dir, 0o755);
     let fuse = sb.path("fuse.conf");
     write(&fuse, fuse_conf);
-    Conf { dir, fuse }
+    Conf {
+        dir,
+        fuse,
+        _root_only: Some(root_only),
+    }
+}
+
+/// A directory whose every ancestor only root can write (`/run` is root's, 0755).
+fn root_only_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("srcstore-test")
+        .tempdir_in("/run")
+        .unwrap();
+    support::chmod(d.path(), 0o755);
+    d
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -142,12 +161,105 @@ fn a_configuration_directory_that_does_not_exist_is_named() {
     let c = Conf {
         dir: sb.path("no/such/dir"),
         fuse: sb.path("fuse.conf"),
+        _root_only: None,
     };
     let out = setup(&sb, &c, &["--apply"]);
     assert!(!out.status.success());
     let err = support::stderr(&out);
     assert!(
         err.contains("no/such/dir/nix.conf") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn apply_installs_roots_own_copy_and_the_hook_runs_it() {
+    let sb = Sandbox::new();
+    let c = conf(&sb, "sandbox = true\n", "user_allow_other\n");
+    stdout(&setup(&sb, &c, &["--apply"]));
+    let copy = c.dir.join("srcstore");
+    let meta = fs::metadata(&copy).unwrap();
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        fs::read(support::srcstore_bin()).unwrap(),
+        "root's copy is this binary"
+    );
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o755));
+    let wrapper = fs::read_to_string(c.dir.join("srcstore-pre-build-hook")).unwrap();
+    assert!(
+        wrapper.contains(&format!("exec '{}' nix hook", copy.display()))
+            && !wrapper.contains(support::srcstore_bin().to_str().unwrap()),
+        "the wrapper runs root's copy, never the user's binary: {wrapper}"
+    );
+
+    // The wrapper on a derivation naming no snapshot: no output, success.
+    write(&sb.path("x.drv"), "Derive([],[],[],\"s\",\"b\",[],[])");
+    let run = Command::new(c.dir.join("srcstore-pre-build-hook"))
+        .arg(sb.path("x.drv"))
+        .output()
+        .unwrap();
+    assert!(run.status.success() && run.stdout.is_empty(), "{run:?}");
+
+    // An upgrade: a changed binary is copied again; srcstore gone: builds go on.
+    fs::write(&copy, b"an older srcstore").unwrap();
+    let out = stdout(&setup(&sb, &c, &[]));
+    assert!(
+        out.contains("change") && out.contains("another srcstore"),
+        "{out}"
+    );
+    stdout(&setup(&sb, &c, &["--apply"]));
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        fs::read(support::srcstore_bin()).unwrap()
+    );
+    fs::remove_file(&copy).unwrap();
+    let run = Command::new(c.dir.join("srcstore-pre-build-hook"))
+        .arg(sb.path("x.drv"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success() && run.stdout.is_empty() && run.stderr.is_empty(),
+        "with srcstore gone the wrapper does nothing: {run:?}"
+    );
+    stdout(&setup(&sb, &c, &["--apply"]));
+    stdout(&setup(&sb, &c, &["--undo"]));
+    assert!(!copy.exists(), "--undo removes root's copy");
+}
+
+#[test]
+fn apply_refuses_a_configuration_directory_others_can_write() {
+    let sb = Sandbox::new();
+    let c = conf(&sb, "sandbox = true\n", "user_allow_other\n");
+    for (dir, mode) in [(c.dir.clone(), 0o777), (c.dir.clone(), 0o775)] {
+        support::chmod(&dir, mode);
+        let err = {
+            let out = setup(&sb, &c, &["--apply"]);
+            assert!(
+                !out.status.success(),
+                "applied into a mode {mode:o} directory"
+            );
+            support::stderr(&out)
+        };
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(dir.to_str().unwrap()), "{err}");
+        assert!(
+            !c.dir.join("srcstore").exists() && !c.dir.join("srcstore-pre-build-hook").exists()
+        );
+    }
+    support::chmod(&c.dir, 0o755);
+    // A parent others can write (the sandbox's own /var/tmp is 1777).
+    let exposed = Conf {
+        dir: sb.path("etc-nix"),
+        fuse: c.fuse.clone(),
+        _root_only: None,
+    };
+    write(&exposed.dir.join("nix.conf"), "sandbox = true\n");
+    support::chmod(&exposed.dir, 0o755);
+    let out = setup(&sb, &exposed, &["--apply"]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(
+        err.contains("writable by group or others") && err.lines().count() == 1,
         "{err}"
     );
 }

@@ -72,13 +72,38 @@ pub struct Server {
     dir: PathBuf,
     filter: Filter,
     mountpoint: PathBuf,
-    socket: PathBuf,
     index_path: Option<PathBuf>,
     live: Arc<Live>,
     mounted: srcstore_fuse::Mounted,
     stop_tx: mpsc::Sender<Stop>,
     stop_rx: mpsc::Receiver<Stop>,
+    made: Made,
     _lock: DaemonLock,
+}
+
+/// What a daemon made on its way up: taken back when it stops, and when it fails to start, so
+/// that a failed `mount` leaves no socket that makes `path` report a stale daemon.
+#[derive(Default)]
+struct Made {
+    socket: Option<PathBuf>,
+    mountpoint: Option<PathBuf>,
+}
+
+impl Made {
+    fn socket_gone(&mut self) {
+        if let Some(s) = self.socket.take() {
+            let _ = fs::remove_file(s);
+        }
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        self.socket_gone();
+        if let Some(m) = self.mountpoint.take() {
+            let _ = fs::remove_dir(m); // only if empty: never what a user put there
+        }
+    }
 }
 
 impl Server {
@@ -108,7 +133,11 @@ impl Server {
         };
         let lock = DaemonLock::acquire(&control::lock_path(&runtime, &dir), &dir, &mountpoint)?;
         check_allow_other(args.allow_other)?;
-        prepare_mountpoint(&mountpoint)?;
+        check_fuse()?;
+        let mut made = Made::default();
+        if prepare_mountpoint(&mountpoint)? {
+            made.mountpoint = Some(mountpoint.clone());
+        }
 
         let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
         let previous = index_path
@@ -135,6 +164,7 @@ impl Server {
         let socket = control::socket_path(&runtime, &dir);
         let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
         let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
+        made.socket = Some(socket.clone());
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
         let handler = Arc::new(DaemonHandler {
             live: live.clone(),
@@ -180,12 +210,12 @@ impl Server {
             dir,
             filter,
             mountpoint,
-            socket,
             index_path,
             live,
             mounted,
             stop_tx,
             stop_rx,
+            made,
             _lock: lock,
         })
     }
@@ -200,7 +230,7 @@ impl Server {
 
     /// Serves until a signal, an external unmount or the project's disappearance; then
     /// unmounts and cleans up.
-    pub fn wait(self) -> ExitCode {
+    pub fn wait(mut self) -> ExitCode {
         // Meanwhile: expire leases and make the kernel forget names no longer served.
         let mut served: HashSet<String> = HashSet::new();
         let stop = loop {
@@ -218,7 +248,7 @@ impl Server {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::Signal,
             }
         };
-        let _ = fs::remove_file(&self.socket);
+        self.made.socket_gone();
         let code = match stop {
             Stop::Signal | Stop::Unmounted => {
                 save_index(
@@ -415,8 +445,9 @@ impl DaemonLock {
     }
 }
 
-/// A daemon killed with -9 leaves its mount behind, answering ENOTCONN: detach it.
-fn prepare_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+/// A daemon killed with -9 leaves its mount behind, answering ENOTCONN: detach it. Whether the
+/// mountpoint had to be made.
+fn prepare_mountpoint(mountpoint: &Path) -> anyhow::Result<bool> {
     if let Err(e) = fs::metadata(mountpoint) {
         if e.raw_os_error() == Some(libc_enotconn()) {
             tracing::info!(
@@ -437,9 +468,33 @@ fn prepare_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    let made = !mountpoint.exists();
     fs::create_dir_all(mountpoint).with_context(|| mountpoint.display().to_string())?;
     if fs::read_dir(mountpoint)?.next().is_some() {
         bail!("{}: mountpoint is not empty", mountpoint.display());
+    }
+    Ok(made)
+}
+
+/// What a FUSE mount needs from the machine, checked up front so that a failure names its
+/// cause and its fix rather than the mount library's.
+fn check_fuse() -> anyhow::Result<()> {
+    match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "/dev/fuse: permission denied: this user may not use FUSE; as root, make it usable (`chmod 0666 /dev/fuse`, Debian's default)"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "/dev/fuse: missing: install fuse3 and load the module (`modprobe fuse`) as root"
+        ),
+        Err(e) => bail!("/dev/fuse: {e}"),
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if !rustix::process::geteuid().is_root() && !on_path("fusermount3") {
+        bail!("fusermount3: not found; a user's FUSE mount needs it: install fuse3");
     }
     Ok(())
 }

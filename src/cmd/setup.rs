@@ -2,11 +2,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use srcstore::nix::conf;
 
 #[derive(clap::Args)]
@@ -23,6 +23,9 @@ pub struct Args {
 }
 
 const WRAPPER_NAME: &str = "srcstore-pre-build-hook";
+/// Root's own copy of the binary, beside the wrapper: root never runs a file a user can change
+/// (a `~/.cargo/bin/srcstore`, a `target/release` build).
+const COPY_NAME: &str = "srcstore";
 const FUSE_MARK: &str =
     "# added by `srcstore nix setup --apply` for `srcstore mount --allow-other`";
 
@@ -30,6 +33,8 @@ struct Plan {
     lines: Vec<String>,
     settings: Vec<String>,
     wrapper: String,
+    /// The bytes root's copy must have (this binary's).
+    copy: Vec<u8>,
     fuse_line_needed: bool,
 }
 
@@ -44,14 +49,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| nix_conf.display().to_string()),
     };
     let fuse = fs::read_to_string(&args.fuse_conf).unwrap_or_default();
+    let copy_path = conf_dir.join(COPY_NAME);
     if args.undo {
-        return undo(&nix_conf, &text, &wrapper_path, &args.fuse_conf, &fuse);
+        return undo(
+            &nix_conf,
+            &text,
+            &[&wrapper_path, &copy_path],
+            &args.fuse_conf,
+            &fuse,
+        );
     }
-    let plan = plan(&text, &wrapper_path, &fuse)?;
+    let plan = plan(&text, &wrapper_path, &copy_path, &fuse)?;
     let new_text = conf::with_block(&text, &plan.settings);
     let wrapper_current = fs::read_to_string(&wrapper_path).ok();
+    let copy_current = fs::read(&copy_path).ok();
     let unchanged = new_text == text
         && wrapper_current.as_deref() == Some(&plan.wrapper)
+        && copy_current.as_deref() == Some(&plan.copy)
         && !plan.fuse_line_needed;
     for line in &plan.lines {
         match line.strip_prefix("change  ") {
@@ -67,6 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("run `srcstore nix setup --apply` (as root) to make these changes");
         return Ok(ExitCode::SUCCESS);
     }
+    check_root_only(&conf_dir)?;
+    write_atomically(&copy_path, &plan.copy, 0o755)?;
     write_atomically(&wrapper_path, plan.wrapper.as_bytes(), 0o755)?;
     if new_text != text {
         write_atomically(&nix_conf, new_text.as_bytes(), mode_of(&nix_conf, 0o644))?;
@@ -87,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
+fn plan(text: &str, wrapper_path: &Path, copy_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
     let mut lines = Vec::new();
     let mut settings = Vec::new();
     match conf::setting(text, "sandbox").as_deref() {
@@ -103,10 +119,30 @@ fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
         }
     }
     let me = std::env::current_exe().context("locating the srcstore binary")?;
+    let copy = fs::read(&me).with_context(|| me.display().to_string())?;
+    match fs::read(copy_path) {
+        Ok(current) if current == copy => lines.push(format!(
+            "ok      {} is root's copy of this srcstore",
+            copy_path.display()
+        )),
+        Ok(_) => lines.push(format!(
+            "change  {} from {}: root's copy, which the hook runs, is of another srcstore",
+            copy_path.display(),
+            me.display()
+        )),
+        Err(_) => lines.push(format!(
+            "change  {} from {}: root's own copy for the hook, since root must never run a file a user can change",
+            copy_path.display(),
+            me.display()
+        )),
+    }
+    if !statically_linked() {
+        lines.push("note    this srcstore is dynamically linked: the hook runs, but a build cannot run root's copy inside its sandbox (no /lib there); install a static build (`scripts/install`) for that".into());
+    }
     let previous = conf::setting(text, "pre-build-hook")
         .filter(|h| !h.is_empty() && Path::new(h) != wrapper_path);
     // If srcstore is uninstalled, builds go on as if it had never been set up.
-    let bin = shell_quote(&me.display().to_string());
+    let bin = shell_quote(&copy_path.display().to_string());
     let absent = match &previous {
         Some(prev) => format!("exec {} \"$@\"", shell_quote(prev)),
         None => "exit 0".to_owned(),
@@ -156,6 +192,7 @@ fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
         lines,
         settings,
         wrapper,
+        copy,
         fuse_line_needed,
     })
 }
@@ -163,7 +200,7 @@ fn plan(text: &str, wrapper_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
 fn undo(
     nix_conf: &Path,
     text: &str,
-    wrapper: &Path,
+    installed: &[&Path],
     fuse_conf: &Path,
     fuse: &str,
 ) -> anyhow::Result<ExitCode> {
@@ -172,10 +209,22 @@ fn undo(
         write_atomically(nix_conf, restored.as_bytes(), mode_of(nix_conf, 0o644))?;
         println!("removed srcstore's block from {}", nix_conf.display());
     }
-    match fs::remove_file(wrapper) {
-        Ok(()) => println!("removed {}", wrapper.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| wrapper.display().to_string()),
+    for file in installed {
+        match fs::remove_file(file) {
+            Ok(()) => println!("removed {}", file.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| file.display().to_string()),
+        }
+    }
+    if rustix::process::geteuid().is_root() {
+        let swept =
+            srcstore::hook::sweep(true).with_context(|| srcstore::hook::STAGE_ROOT.to_owned())?;
+        if swept > 0 {
+            println!(
+                "removed {swept} staged snapshot mounts from {}",
+                srcstore::hook::STAGE_ROOT
+            );
+        }
     }
     let marked = format!("{FUSE_MARK}\nuser_allow_other\n");
     if let Some(i) = fuse.find(&marked) {
@@ -185,6 +234,37 @@ fn undo(
     }
     println!("nothing of srcstore's is left in the Nix configuration");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Root runs what lies in `dir`: it and every directory above it must be root's and writable by
+/// no one else, or whoever can write there could put code of theirs in root's way.
+fn check_root_only(dir: &Path) -> anyhow::Result<()> {
+    let dir = fs::canonicalize(dir).with_context(|| dir.display().to_string())?;
+    for d in dir.ancestors() {
+        let meta = fs::metadata(d).with_context(|| d.display().to_string())?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            bail!(
+                "{}: {} (mode {:o}), so root's copy of srcstore beside the hook could be replaced; use a configuration directory only root can write (NIX_CONF_DIR)",
+                d.display(),
+                if meta.uid() != 0 { format!("owned by uid {}", meta.uid()) } else { "writable by group or others".to_owned() },
+                meta.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process runs without a dynamic loader (so a copy of it runs in a sandbox).
+fn statically_linked() -> bool {
+    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    !maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .any(|file| {
+            file.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("ld-") && f.contains(".so"))
+        })
 }
 
 fn mode_of(path: &Path, default: u32) -> u32 {
