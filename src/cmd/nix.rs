@@ -58,7 +58,15 @@ fn run_hook(args: HookArgs) -> anyhow::Result<ExitCode> {
             out.push('\n');
         }
     }
-    out.push_str(&srcstore::hook::run(&args.drv, args.chroot.as_deref())?);
+    match srcstore::hook::run(&args.drv, args.chroot.as_deref()) {
+        Ok(block) => out.push_str(&block),
+        // The client of nix-daemon sees Nix's error, not ours: the refusal goes in it.
+        Err(refusal) if srcstore::hook::under_nix_daemon() => {
+            eprintln!("srcstore: error: {refusal}");
+            out.push_str(&srcstore::hook::refusal_block(&refusal));
+        }
+        Err(refusal) => return Err(refusal.into()),
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;

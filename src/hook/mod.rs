@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mountinfo::{view_mounts, ViewMount};
-pub use refs::{references, sandbox_block, Reference, STABLE_SRC};
+pub use refs::{references, refusal_block, sandbox_block, Reference, STABLE_SRC};
 pub use stage::{sweep, STAGE_ROOT};
 
 use crate::control::{self, Client, Request, PROTOCOL_VERSION};
@@ -203,6 +203,14 @@ fn serving_daemon(path: &Path) -> Option<u64> {
         let mut client = Client::connect_within(&socket, uid, Duration::from_secs(2)).ok()?;
         let status = client.request(Request::Status).ok()?.status?;
         (status["mountpoint"].as_str()? == mountpoint.to_str()?).then(|| status["pid"].as_u64())?
+    })
+}
+
+/// Whether the hook runs under nix-daemon, whose clients never see the hook's standard error.
+pub fn under_nix_daemon() -> bool {
+    rustix::process::getppid().is_some_and(|p| {
+        fs::read_to_string(format!("/proc/{}/comm", p.as_raw_nonzero()))
+            .is_ok_and(|c| c.trim_end() == "nix-daemon")
     })
 }
 

@@ -150,6 +150,24 @@ pub fn sandbox_block(refs: &[Reference], staged: &[PathBuf]) -> Result<String, H
     Ok(out)
 }
 
+/// A block that fails the build with `refusal` in Nix's own error, for a hook whose standard
+/// error does not reach the user: nix-daemon sends a hook's stderr to its own log and tells the
+/// client only "program failed". A path that does not exist fails the build before it starts
+/// (`getting attributes of path '…'`), and the path is the message.
+pub fn refusal_block(refusal: &HookError) -> String {
+    let message: String = format!("srcstore: {refusal}")
+        .chars()
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '=' | '\0') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("extra-sandbox-paths\n/srcstore/refused=/{message}\n\n")
+}
+
 /// One `INSIDE=OUTSIDE` line. Nix splits the hook's output at newlines and each line at its
 /// first `=`, so a path holding either would say something else than meant (a mountpoint with
 /// a newline in it could add a line of its own): such a path is refused, never written.
@@ -245,6 +263,21 @@ mod tests {
         let d = drv(&[("src", "/nix/store/aaaa-src"), ("x", "/run/srcstore/")]);
         assert!(references(&d, &view_mounts(INFO)).is_empty());
         assert_eq!(sandbox_block(&[], &[]).unwrap(), "");
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_naming_a_path_nothing_can_create() {
+        let refusal = HookError::new("/tmp/a\n/root=x", "refused");
+        let block = refusal_block(&refusal);
+        let lines: Vec<&str> = block.lines().collect();
+        assert_eq!(lines.len(), 2, "{block}");
+        let (inside, outside) = lines[1].split_once('=').unwrap();
+        assert_eq!(inside, "/srcstore/refused");
+        assert!(
+            !outside.contains('=') && outside.starts_with("/srcstore: "),
+            "{outside}"
+        );
+        assert!(outside.contains("refused"));
     }
 
     #[test]

@@ -1,0 +1,355 @@
+//! Multi-user Nix, end to end: nix-daemon runs as root, a user runs `srcstore mount` as
+//! themselves, builds go through the daemon with the hook from nix.conf as
+//! `srcstore nix setup --apply` wrote it.
+//!
+//! Each test makes a world of its own: a mount namespace (`unshare -m`) standing in for a
+//! systemd host (root mount shared) or for a container (private), with its own `/etc/nix`
+//! and its own daemon socket directory mounted over the machine's, and a real nix-daemon in
+//! it. The users are `srcstore-dev` and `srcstore-other` (scripts/setup-machine makes them).
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{write, NixBuild, Sandbox};
+
+const DEV: &str = "srcstore-dev";
+const OTHER: &str = "srcstore-other";
+
+struct World {
+    sb: Sandbox,
+    /// A process holding the namespace (`sleep`), whose pid names it to `nsenter`.
+    holder: Child,
+    nix_daemon: Option<Child>,
+    daemons: Vec<Child>,
+    _conf: tempfile::TempDir,
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "user {user} is missing: run scripts/setup-machine as root"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn chown(path: &Path, user: &str) {
+    let uid = uid_of(user);
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+}
+
+impl World {
+    /// `shared`: the root mount is shared, as systemd makes it; else private, as in some
+    /// containers and VMs, where nix-daemon never sees a mount made after it started.
+    fn new(shared: bool) -> World {
+        let sb = Sandbox::new();
+        fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = tempfile::Builder::new()
+            .prefix("srcstore-test-etc-nix")
+            .tempdir_in("/run")
+            .unwrap();
+        fs::set_permissions(conf.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy("/etc/nix/nix.conf", conf.path().join("nix.conf")).unwrap();
+        let ready = sb.path("ns-ready");
+        fs::create_dir_all("/nix/var/nix/daemon-socket").unwrap();
+        let script = format!(
+            "set -e; {share} mount -t tmpfs -o mode=0755 tmpfs /nix/var/nix/daemon-socket; \
+             mount --bind {conf} /etc/nix; touch {ready}; exec sleep 100000",
+            share = if shared {
+                "mount --make-rshared /;"
+            } else {
+                ""
+            },
+            conf = conf.path().display(),
+            ready = ready.display(),
+        );
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let mut world = World {
+            sb,
+            holder,
+            nix_daemon: None,
+            daemons: Vec::new(),
+            _conf: conf,
+        };
+        wait_for("the namespace", || ready.exists());
+        let applied = world.root(&[
+            support::srcstore_bin().to_str().unwrap(),
+            "nix",
+            "setup",
+            "--apply",
+        ]);
+        assert!(applied.status.success(), "{}", support::stderr(&applied));
+        let log = fs::File::create(world.sb.path("nix-daemon.log")).unwrap();
+        world.nix_daemon = Some(
+            world
+                .in_ns(None)
+                .arg("nix-daemon")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let socket = PathBuf::from(format!(
+            "/proc/{}/root/nix/var/nix/daemon-socket/socket",
+            world.holder.id()
+        ));
+        wait_for("nix-daemon's socket", || socket.exists());
+        world
+    }
+
+    /// A command in the world's namespace, as `user` (root if `None`), with a clean
+    /// environment that builds through the daemon.
+    fn in_ns(&self, user: Option<&str>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SRCSTORE_LOG", "warn")
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"]);
+        match user {
+            Some(u) => {
+                c.env("HOME", format!("/home/{u}"))
+                    .env("USER", u)
+                    .env("NIX_REMOTE", "daemon")
+                    .args([
+                        "setpriv",
+                        &format!("--reuid={u}"),
+                        &format!("--regid={u}"),
+                        "--init-groups",
+                    ]);
+            }
+            None => {
+                c.env("HOME", self.sb.home());
+            }
+        }
+        c
+    }
+
+    fn root(&self, argv: &[&str]) -> Output {
+        self.in_ns(None).args(argv).output().unwrap()
+    }
+
+    fn user(&self, user: &str, argv: &[&str]) -> Output {
+        self.in_ns(Some(user)).args(argv).output().unwrap()
+    }
+
+    fn srcstore(&self, user: &str, args: &[&str]) -> Output {
+        let mut argv = vec![support::srcstore_bin().to_str().unwrap().to_owned()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.user(user, &argv)
+    }
+
+    /// A project owned by `user`, with one file.
+    fn project(&self, user: &str, name: &str) -> PathBuf {
+        let p = self.sb.path(name);
+        write(&p.join("f"), "hello\n");
+        for path in [p.clone(), p.join("f")] {
+            chown(&path, user);
+        }
+        p
+    }
+
+    /// `srcstore mount --allow-other` run by `user`, ready to answer `path`.
+    fn mount(&mut self, user: &str, project: &Path) {
+        let log = fs::File::create(self.sb.path(&format!("srcstore-{user}.log"))).unwrap();
+        let child = self
+            .in_ns(Some(user))
+            .env("SRCSTORE_LOG", "info")
+            .arg(support::srcstore_bin())
+            .args(["mount", "--allow-other"])
+            .arg(project)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(child);
+        wait_for("the user's daemon", || {
+            self.srcstore(user, &["path", project.to_str().unwrap()])
+                .status
+                .success()
+        });
+    }
+
+    fn path(&self, user: &str, project: &Path) -> String {
+        let out = self.srcstore(user, &["path", project.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn status(&self, user: &str, project: &Path) -> serde_json::Value {
+        let out = self.srcstore(user, &["status", "--json", project.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// A build of `nix`'s expression through nix-daemon as `user`: the output path and log.
+    fn build(&self, user: &str, nix: &NixBuild, src: &str) -> (Option<PathBuf>, String) {
+        let out = self.user(
+            user,
+            &[
+                "nix-build",
+                "--no-out-link",
+                nix.expr.to_str().unwrap(),
+                "--argstr",
+                "src",
+                src,
+            ],
+        );
+        let log = support::stderr(&out);
+        let path = out
+            .status
+            .success()
+            .then(|| PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()));
+        (path, log)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for child in self.daemons.iter_mut().chain(self.nix_daemon.as_mut()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_users_daemon_serves_builds_that_nix_daemon_runs_and_an_edit_gives_a_new_output() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let nix = NixBuild::new(
+        &w.sb,
+        "reader",
+        "mkdir $out; cat $src/f > $out/f; cat /srcstore/src/f > $out/stable",
+    );
+
+    let first = w.path(DEV, &p);
+    assert!(
+        first.starts_with(&format!("/tmp/srcstore-{}/", uid_of(DEV))),
+        "a user without XDG_RUNTIME_DIR serves from /tmp/srcstore-<uid>: {first}"
+    );
+    let (out1, log) = w.build(DEV, &nix, &first);
+    let out1 = out1.unwrap_or_else(|| panic!("build failed: {log}"));
+    assert_eq!(fs::read_to_string(out1.join("f")).unwrap(), "hello\n");
+    assert_eq!(fs::read_to_string(out1.join("stable")).unwrap(), "hello\n");
+
+    write(&p.join("f"), "edited\n");
+    let second = w.path(DEV, &p);
+    assert_ne!(second, first);
+    let (out2, log) = w.build(DEV, &nix, &second);
+    let out2 = out2.unwrap_or_else(|| panic!("build failed: {log}"));
+    assert_ne!(out2, out1);
+    assert_eq!(fs::read_to_string(out2.join("f")).unwrap(), "edited\n");
+
+    // The pins the hook took end with the builds.
+    wait_for("the pins to be released", || w.status(DEV, &p)["pins"] == 0);
+}
+
+#[test]
+fn another_users_build_sees_nothing_of_srcstore_unless_its_derivation_names_a_snapshot() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let nix = NixBuild::new(
+        &w.sb,
+        "probe",
+        "if test -e /srcstore || ls /tmp/srcstore-* >/dev/null 2>&1; then echo seen > $out; else echo unseen > $out; fi",
+    );
+    let (out, log) = w.build(OTHER, &nix, "not a snapshot");
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "unseen\n"
+    );
+    // Named, a snapshot is as readable as a store path would be.
+    let reader = NixBuild::new(&w.sb, "named", "cat $src/f > $out");
+    let (out, log) = w.build(OTHER, &reader, &w.path(DEV, &p));
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "hello\n"
+    );
+}
+
+#[test]
+fn watch_as_a_user_rebuilds_through_nix_daemon_on_every_save() {
+    let w = World::new(true);
+    let p = w.project(DEV, "proj");
+    let nix = NixBuild::new(&w.sb, "w", "cat $src/f > $out");
+    let runs = w.sb.path("runs");
+    fs::write(&runs, "").unwrap();
+    chown(&runs, DEV);
+    let script = format!(
+        "nix-build --no-out-link {} --argstr src {{}} | xargs cat >> {}",
+        nix.expr.display(),
+        runs.display()
+    );
+    let mut watch = w
+        .in_ns(Some(DEV))
+        .arg(support::srcstore_bin())
+        .arg("watch")
+        .arg(&p)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first run", || {
+        fs::read_to_string(&runs).unwrap() == "hello\n"
+    });
+    write(&p.join("f"), "saved\n");
+    wait_for("the run after a save", || {
+        fs::read_to_string(&runs).unwrap() == "hello\nsaved\n"
+    });
+    Command::new("kill")
+        .args(["-INT", &watch.id().to_string()])
+        .status()
+        .unwrap();
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch exited with {status}");
+}
+
+#[test]
+fn a_mount_nix_daemon_cannot_see_fails_the_build_with_one_line_naming_the_cause() {
+    // A private root mount: nix-daemon's namespace never sees the user's later mount.
+    let mut w = World::new(false);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let nix = NixBuild::new(&w.sb, "reader", "cat $src/f > $out");
+    let path = w.path(DEV, &p);
+    let (out, log) = w.build(DEV, &nix, &path);
+    assert!(out.is_none(), "a build ran without its source: {log}");
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("srcstore:")).collect();
+    assert_eq!(ours.len(), 1, "{log}");
+    assert!(
+        ours[0].contains(&path)
+            && ours[0].contains("not visible to nix-daemon")
+            && ours[0].contains("make-rshared"),
+        "{log}"
+    );
+}
