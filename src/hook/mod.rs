@@ -50,9 +50,18 @@ impl HookError {
 
 impl fmt::Display for HookError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A path may hold a newline (a hostile mountpoint): the message stays one line.
-        let path = self.path.to_string_lossy();
-        write!(f, "{}: {}", path.escape_debug(), self.why)
+        // The path, and paths in the reason (a socket, a mountpoint), come from users: a
+        // newline or a terminal escape in them is shown escaped, so the message stays one
+        // line and nothing can forge another.
+        let line = format!("{}: {}", self.path.to_string_lossy(), self.why);
+        for c in line.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 
