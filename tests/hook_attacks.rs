@@ -539,3 +539,23 @@ fn a_refusal_stays_one_line_whatever_the_view_names() {
         spans.join("\n")
     );
 }
+
+#[test]
+fn a_daemon_speaking_another_protocol_fails_the_build_naming_setup_apply() {
+    let sb = Sandbox::new();
+    let mountpoint = sb.path("newer");
+    fs::create_dir_all(&mountpoint).unwrap();
+    let pins = PinServer::answering(
+        &sb.path("newer.sock"),
+        r#"{"ok":false,"error":"protocol version 1 not spoken here (this daemon speaks 2)","speaks":2}"#,
+    );
+    let view = HostileView::mount(&mountpoint, &pins.path, Serve::Dir);
+    let nix = NixBuild::new(&sb, "newer", "cat $src/file > $out");
+    let src = view.snapshot();
+    let log = build_fails(&nix, src.to_str().unwrap());
+    let line = refused(&log, &src);
+    assert!(
+        line.contains("protocol 2") && line.contains("srcstore nix setup --apply"),
+        "{line}"
+    );
+}

@@ -307,8 +307,8 @@ impl Drop for HostileView {
     }
 }
 
-/// A control socket that answers every request line with `{"ok":true,"pin":7}`, and records
-/// what it was sent.
+/// A control socket that answers every request line with one reply (`{"ok":true,"pin":7}`
+/// unless told otherwise), and records what it was sent.
 pub struct PinServer {
     pub path: PathBuf,
     requests: Arc<Mutex<Vec<String>>>,
@@ -318,6 +318,11 @@ pub struct PinServer {
 
 impl PinServer {
     pub fn start(path: &Path) -> PinServer {
+        PinServer::answering(path, "{\"ok\":true,\"pin\":7}")
+    }
+
+    /// A server answering every line with `reply`.
+    pub fn answering(path: &Path, reply: &'static str) -> PinServer {
         let listener = UnixListener::bind(path).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -337,7 +342,7 @@ impl PinServer {
                     for line in BufReader::new(stream).lines() {
                         let Ok(line) = line else { break };
                         requests.lock().unwrap().push(line);
-                        if writer.write_all(b"{\"ok\":true,\"pin\":7}\n").is_err() {
+                        if writer.write_all(format!("{reply}\n").as_bytes()).is_err() {
                             break;
                         }
                     }
