@@ -242,6 +242,61 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
 }
 
 #[test]
+fn a_stop_ends_in_bounded_time_whatever_holds_the_view_and_the_next_mount_needs_no_repair() {
+    for (signal, remove_project) in [("-TERM", false), ("-INT", false), ("-TERM", true)] {
+        let sb = Sandbox::new();
+        let p = project(&sb);
+        let mut d = Daemon::start(&sb, &p, &[]);
+        let snapshot = d.path(&sb);
+        // A reader holding a file open, and a process working in a directory of the view.
+        let mut file = fs::File::open(snapshot.join("src/main.c")).unwrap();
+        let mut cwd = Command::new("sleep")
+            .arg("60")
+            .current_dir(snapshot.join("src"))
+            .spawn()
+            .unwrap();
+        if remove_project {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            Command::new("kill")
+                .args([signal, &d.child.id().to_string()])
+                .status()
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        let status = d.wait_exit(10);
+        let _ = cwd.kill();
+        let _ = cwd.wait();
+        let status = status.unwrap_or_else(|| {
+            panic!("{signal}, project removed {remove_project}: the daemon did not stop")
+        });
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(status.success(), !remove_project, "{status}");
+        let mut buf = Vec::new();
+        use std::io::Read;
+        assert!(
+            file.read_to_end(&mut buf).is_err() || !buf.is_empty(),
+            "the open file neither failed cleanly nor kept its bytes"
+        );
+        drop(file);
+        if !remove_project {
+            let err = sb.fails(&["path", p.to_str().unwrap()]);
+            assert!(err.contains("srcstore mount"), "{err}");
+            let again = Daemon::start(&sb, &p, &[]);
+            assert_eq!(
+                again.path(&sb),
+                snapshot,
+                "the next mount started as if nothing happened"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_daemon_killed_hard_is_repaired_by_the_next_mount() {
     let sb = Sandbox::new();
     let p = project(&sb);
