@@ -13,9 +13,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
 
-use support::{write, NixBuild, Sandbox};
+use support::{own, uid_of, wait_for, write, NixBuild, Sandbox};
 
 const DEV: &str = "srcstore-dev";
 const OTHER: &str = "srcstore-other";
@@ -27,24 +26,6 @@ struct World {
     nix_daemon: Option<Child>,
     daemons: Vec<Child>,
     _conf: tempfile::TempDir,
-}
-
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "user {user} is missing: run scripts/setup-machine as root"
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn chown(path: &Path, user: &str) {
-    let uid = uid_of(user);
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
 }
 
 impl World {
@@ -155,9 +136,8 @@ impl World {
     fn project(&self, user: &str, name: &str) -> PathBuf {
         let p = self.sb.path(name);
         write(&p.join("f"), "hello\n");
-        for path in [p.clone(), p.join("f")] {
-            chown(&path, user);
-        }
+        own(&p, user, 0o755);
+        own(&p.join("f"), user, 0o644);
         p
     }
 
@@ -229,16 +209,6 @@ impl Drop for World {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[test]
 fn a_users_daemon_serves_builds_that_nix_daemon_runs_and_an_edit_gives_a_new_output() {
     let mut w = World::new(true);
@@ -303,7 +273,7 @@ fn watch_as_a_user_rebuilds_through_nix_daemon_on_every_save() {
     let nix = NixBuild::new(&w.sb, "w", "cat $src/f > $out");
     let runs = w.sb.path("runs");
     fs::write(&runs, "").unwrap();
-    chown(&runs, DEV);
+    own(&runs, DEV, 0o644);
     let script = format!(
         "nix-build --no-out-link {} --argstr src {{}} | xargs cat >> {}",
         nix.expr.display(),

@@ -8,32 +8,13 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use support::{write, Sandbox};
+use support::{own, uid_of, write, Sandbox};
 
 const DEV: &str = "srcstore-dev";
 const OTHER: &str = "srcstore-other";
-
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "user {user} is missing: run scripts/setup-machine"
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn own(path: &Path, user: &str, mode: u32) {
-    let uid = uid_of(user);
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// `srcstore ARGS` as `user`, with `env` (and nothing else of ours: no XDG_RUNTIME_DIR unless
 /// given).

@@ -7,7 +7,7 @@ use std::fs;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use support::{write, NixBuild, Sandbox};
+use support::{wait_for, write, NixBuild, Sandbox};
 
 fn watch(sb: &Sandbox, project: &std::path::Path, extra: &[&str], command: &[&str]) -> Child {
     let mut c = sb.cmd();
@@ -20,16 +20,6 @@ fn watch(sb: &Sandbox, project: &std::path::Path, extra: &[&str], command: &[&st
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {

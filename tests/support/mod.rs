@@ -348,3 +348,35 @@ impl<'a> NixBuild<'a> {
         (path, log)
     }
 }
+
+/// Polls `done` every 50 ms for up to 15 s; panics naming `what` if it never holds.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The uid of a local user (the multi-user tests' `srcstore-dev`, `srcstore-other`).
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "user {user} is missing: run scripts/setup-machine as root"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Gives `path` to `user` (and the user's group of the same name), with `mode`.
+pub fn own(path: &Path, user: &str, mode: u32) {
+    let uid = uid_of(user);
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    chmod(path, mode);
+}
