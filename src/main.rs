@@ -43,10 +43,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The daemon reports what it serves; one-shot commands speak only when something is off.
+    // The daemon reports what it serves; one-shot commands speak only when something is off,
+    // and so does `watch`, whose terminal belongs to the command it runs. The FUSE library's
+    // own reports are for its developers.
     let default_level = match cli.command {
-        Command::Mount(_) | Command::Watch(_) => "info",
-        _ => "warn",
+        Command::Mount(_) => "info,fuser=error",
+        _ => "warn,fuser=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -505,3 +505,72 @@ fn a_directory_kept_by_a_new_snapshot_still_leads_back_into_its_own() {
     );
     assert!(parent.contains(&"src"), "{parent:?}");
 }
+
+#[test]
+fn a_listing_of_the_root_neither_skips_nor_repeats_a_name_while_snapshots_come_and_go() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &["--keep", "60"]);
+    for i in 0..30 {
+        write(
+            &p.join("src/main.c"),
+            format!("int main(void) {{ return {i}; }}\n"),
+        );
+        d.path(&sb);
+    }
+    // A listing in small pieces, with a new snapshot published between every two.
+    let dir = fs::File::open(&d.mountpoint).unwrap();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 200];
+    let mut raw = rustix::fs::RawDir::new(&dir, &mut buf);
+    let mut seen: Vec<String> = Vec::new();
+    let mut round = 0;
+    while let Some(entry) = raw.next() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            seen.push(name);
+        }
+        if seen.len() % 2 == 0 {
+            round += 1;
+            write(
+                &p.join("src/main.c"),
+                format!("int main(void) {{ return -{round}; }}\n"),
+            );
+            d.path(&sb);
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a name was listed twice: {seen:?}"
+    );
+    assert!(
+        seen.len() >= 31,
+        "names served all along were skipped: {} listed",
+        seen.len()
+    );
+}
+
+#[test]
+fn every_request_a_reader_makes_is_answered_and_the_library_stays_quiet() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let file = d.path(&sb).join("src/main.c");
+    // A read and a close (the kernel sends FLUSH), an extended attribute and their list.
+    assert!(!fs::read(&file).unwrap().is_empty());
+    let mut value = [0u8; 64];
+    let e = rustix::fs::getxattr(&file, "user.x", &mut value).unwrap_err();
+    assert_eq!(
+        e,
+        rustix::io::Errno::NODATA,
+        "a snapshot holds no extended attributes"
+    );
+    let mut names = [0u8; 64];
+    assert_eq!(rustix::fs::listxattr(&file, &mut names).unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = d.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}

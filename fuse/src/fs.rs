@@ -29,6 +29,17 @@ pub struct View<S: Source> {
     /// opens the kernel caches every directory listing, the root's too, until it sees the
     /// directory's mtime change. (A hash of the names, and the count.)
     root_generation: Mutex<(u64, u64)>,
+    /// The root listing's offsets: each name at the root gets the next serial when first seen,
+    /// and a listing resumes after the serial it stopped at. Offsets into the list of names
+    /// of the moment would skip or repeat a name when a tree comes or goes between two
+    /// `READDIR`s of one listing.
+    root_serials: Mutex<RootSerials>,
+}
+
+#[derive(Default)]
+struct RootSerials {
+    next: u64,
+    of: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 impl<S: Source> View<S> {
@@ -40,6 +51,7 @@ impl<S: Source> View<S> {
             gid,
             zero_message_opens: AtomicBool::new(false),
             root_generation: Mutex::new((0, 0)),
+            root_serials: Mutex::default(),
         }
     }
 
@@ -50,6 +62,28 @@ impl<S: Source> View<S> {
             id: self.source.id(node),
             is_dir: self.source.kind(node) == Kind::Dir,
         }
+    }
+
+    /// The trees at the root in the order of their serials, each with the offset that comes
+    /// after it (never 1 or 2, which are "." and ".."), from the one after `offset` on.
+    fn roots_after(&self, offset: u64) -> Vec<(u64, crate::Root<S::Node>)> {
+        let roots = self.source.roots();
+        let mut serials = self.root_serials.lock().unwrap();
+        let RootSerials { next, of } = &mut *serials;
+        of.retain(|name, _| roots.iter().any(|r| &r.name == name));
+        let mut listed: Vec<(u64, crate::Root<S::Node>)> = roots
+            .into_iter()
+            .map(|r| {
+                let serial = *of.entry(r.name.clone()).or_insert_with(|| {
+                    *next += 1;
+                    *next
+                });
+                (serial + 2, r)
+            })
+            .filter(|(off, _)| *off > offset)
+            .collect();
+        listed.sort_by_key(|(off, _)| *off);
+        listed
     }
 
     fn attr_of(&self, ino: u64, node: &S::Node) -> fuser::FileAttr {
@@ -175,6 +209,39 @@ impl<S: Source> Filesystem for View<S> {
         }
     }
 
+    /// Nothing is ever written, so there is nothing to flush (answered, so that the library
+    /// does not log every `close` as a request it does not know).
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    /// A snapshot holds no extended attributes (Nix stores none).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.inodes.get(ino.0) {
             Some((node, _)) => reply.data(&self.source.read_link(&node)),
@@ -235,11 +302,11 @@ impl<S: Source> Filesystem for View<S> {
         }
         let from = offset.saturating_sub(2) as usize;
         if ino == INodeNo::ROOT {
-            for (i, r) in self.source.roots().into_iter().enumerate().skip(from) {
+            for (off, r) in self.roots_after(offset) {
                 let kind = attr::file_type(self.source.kind(&r.node));
                 if reply.add(
                     INodeNo(self.inodes.peek(self.place(ino, &r.node))),
-                    3 + i as u64,
+                    off,
                     kind,
                     OsStr::from_bytes(&r.name),
                 ) {
@@ -294,10 +361,10 @@ impl<S: Source> Filesystem for View<S> {
         }
         let from = offset.saturating_sub(2) as usize;
         let (Some(dir), Some(path)) = (dir, path) else {
-            for (i, r) in self.source.roots().into_iter().enumerate().skip(from) {
+            for (off, r) in self.roots_after(offset) {
                 let name = OsStr::from_bytes(&r.name);
                 let path = || r.path.clone().into();
-                if !self.add_plus(&mut reply, ino, 3 + i as u64, name, &r.node, path) {
+                if !self.add_plus(&mut reply, ino, off, name, &r.node, path) {
                     break;
                 }
             }
