@@ -15,6 +15,7 @@
 //! ```
 
 pub mod control;
+pub mod daemon;
 mod error;
 pub mod hook;
 pub mod index;

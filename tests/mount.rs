@@ -574,3 +574,33 @@ fn every_request_a_reader_makes_is_answered_and_the_library_stays_quiet() {
     let log = d.log_text();
     assert!(!log.contains("Not Implemented"), "{log}");
 }
+
+#[test]
+fn a_snapshot_asked_for_is_walked_before_a_build_comes_unless_warming_is_off() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    for i in 0..20 {
+        write(&p.join(format!("d{i}/e/f")), "x");
+    }
+    // The tree's directories: the root, src/, and d*/ and d*/e/.
+    let dirs = 2 + 2 * 20;
+    let d = Daemon::start(&sb, &p, &[]);
+    d.path(&sb);
+    let mut warmed = 0;
+    for _ in 0..100 {
+        warmed = d.status(&sb)["warmed_dirs"].as_u64().unwrap();
+        if warmed >= dirs {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(warmed, dirs, "every directory of the snapshot, once");
+    drop(d);
+
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &["--no-warm"]);
+    d.path(&sb);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(d.status(&sb)["warmed_dirs"], 0);
+}

@@ -39,6 +39,10 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Do not walk a snapshot's directories when a build is about to read it (after `path`,
+    /// and for `watch`): the build then pays for each new directory itself.
+    #[arg(long)]
+    no_warm: bool,
 }
 
 impl Args {
@@ -53,6 +57,7 @@ impl Args {
             keep: 2,
             settle_ms: 10,
             threads: 2,
+            no_warm: false,
         }
     }
 }
@@ -156,6 +161,8 @@ impl Server {
             name: Some(name),
             settle: Duration::from_millis(args.settle_ms),
             keep: args.keep,
+            // Beside the lock we hold: this daemon's alone, and outside the project.
+            cookie_dir: Some(control::lock_path(&runtime, &dir).with_extension("cookies")),
         };
         let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
         forward(live_rx, stop_tx.clone(), Stop::Live);
@@ -166,9 +173,14 @@ impl Server {
         let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
         made.socket = Some(socket.clone());
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+        let warmer = match args.no_warm {
+            true => None,
+            false => Some(Arc::new(srcstore::daemon::Warmer::start()?)),
+        };
         let handler = Arc::new(DaemonHandler {
             live: live.clone(),
             mountpoint: mountpoint.clone(),
+            warmer,
         });
         std::thread::Builder::new()
             .name("srcstore-accept".into())
@@ -301,6 +313,16 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 struct DaemonHandler {
     live: Arc<Live>,
     mountpoint: PathBuf,
+    /// Walks a snapshot someone is about to build (a `path` answer, a `watch` run).
+    warmer: Option<Arc<srcstore::daemon::Warmer>>,
+}
+
+impl DaemonHandler {
+    fn warm(&self, snapshot: &Path) {
+        if let Some(w) = &self.warmer {
+            w.warm(snapshot.to_path_buf());
+        }
+    }
 }
 
 impl control::Handler for DaemonHandler {
@@ -314,15 +336,23 @@ impl control::Handler for DaemonHandler {
                     None => live.sync(SYNC_TIMEOUT),
                 };
                 match snapshot {
-                    Ok(s) => ok(Response {
-                        path: Some(mountpoint.join(s.basename()).display().to_string()),
-                        ..Default::default()
-                    }),
+                    Ok(s) => {
+                        let path = mountpoint.join(s.basename());
+                        self.warm(&path);
+                        ok(Response {
+                            path: Some(path.display().to_string()),
+                            ..Default::default()
+                        })
+                    }
                     Err(e) => Response::error(e),
                 }
             }
             Request::Status => ok(Response {
-                status: Some(status(live, mountpoint)),
+                status: Some(status(
+                    live,
+                    mountpoint,
+                    self.warmer.as_ref().map_or(0, |w| w.listed()),
+                )),
                 ..Default::default()
             }),
             Request::Pin {
@@ -352,10 +382,17 @@ impl control::Handler for DaemonHandler {
         let events = self.live.subscribe();
         let (tx, rx) = mpsc::channel();
         let mountpoint = self.mountpoint.clone();
+        let warmer = self.warmer.clone();
         std::thread::spawn(move || {
             for event in events {
                 let (kind, path) = match event {
-                    LiveEvent::Snapshot(name) => ("snapshot", mountpoint.join(name)),
+                    LiveEvent::Snapshot(name) => {
+                        let path = mountpoint.join(name);
+                        if let Some(w) = &warmer {
+                            w.warm(path.clone());
+                        }
+                        ("snapshot", path)
+                    }
                     LiveEvent::ReadFailed { path, .. } => ("read_failed", path),
                 };
                 let r = Response {
@@ -373,7 +410,7 @@ impl control::Handler for DaemonHandler {
     }
 }
 
-fn status(live: &Live, mountpoint: &Path) -> serde_json::Value {
+fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value {
     let current = live.current();
     let (mut files, mut bytes) = (0u64, 0u64);
     current.tree().visit(&mut |_, node| {
@@ -397,7 +434,12 @@ fn status(live: &Live, mountpoint: &Path) -> serde_json::Value {
         "rescans": c.rescans,
         "stale_reads": c.stale_reads,
         "torn_reads": c.torn_reads,
+        "warmed_dirs": warmed_dirs,
         "rss_bytes": rss_bytes(),
+        "updating": live.busy().map(|(entries, running)| serde_json::json!({
+            "entries": entries,
+            "seconds": running.as_secs_f64(),
+        })),
     })
 }
 

@@ -1,0 +1,96 @@
+//! Warming the kernel for a build that is about to come.
+//!
+//! A directory's inode stands for one place, so every directory of a new snapshot is new to the
+//! kernel, and the first walk of it pays a round trip to the daemon per directory. A build
+//! starts tens of milliseconds after `srcstore path` answers (Nix evaluates, sets up the
+//! sandbox), so the daemon walks the snapshot's directories through its own mount in that time,
+//! and the build finds every entry cached. The kernel's dentry cache belongs to the filesystem,
+//! not to one mount, so the clone the hook stages for the sandbox shares what the walk built.
+//!
+//! The walk runs on a thread of its own (never a FUSE worker: it is one of their clients), lists
+//! directories only (`READDIRPLUS` hands over every entry's attributes), and stops as soon as a
+//! newer snapshot is asked for: a build that starts early just shares the work.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+/// Walks snapshot directories in the background, newest request first.
+pub struct Warmer {
+    requests: mpsc::Sender<(u64, PathBuf)>,
+    latest: Arc<AtomicU64>,
+    listed: Arc<AtomicU64>,
+}
+
+impl Warmer {
+    pub fn start() -> std::io::Result<Warmer> {
+        let (requests, rx) = mpsc::channel::<(u64, PathBuf)>();
+        let latest = Arc::new(AtomicU64::new(0));
+        let listed = Arc::new(AtomicU64::new(0));
+        let (current, count) = (latest.clone(), listed.clone());
+        std::thread::Builder::new()
+            .name("srcstore-warm".into())
+            .spawn(move || {
+                let mut last: Option<PathBuf> = None;
+                while let Ok(mut request) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        request = newer;
+                    }
+                    let (generation, dir) = request;
+                    // A walk of what was just walked finds everything cached: skip it.
+                    if last.as_ref() != Some(&dir) {
+                        let n = walk(&dir, || current.load(Ordering::Relaxed) != generation);
+                        count.fetch_add(n, Ordering::Relaxed);
+                        last = Some(dir);
+                    }
+                }
+            })?;
+        Ok(Warmer {
+            requests,
+            latest,
+            listed,
+        })
+    }
+
+    /// Directories listed by every walk so far (`status`'s `warmed_dirs`).
+    pub fn listed(&self) -> u64 {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    /// Walks `dir` (a snapshot through the daemon's own mount), abandoning any older walk.
+    pub fn warm(&self, dir: PathBuf) {
+        let generation = self.latest.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.requests.send((generation, dir));
+    }
+}
+
+/// Lists every directory below `root`, depth first, until `cancelled`; how many it listed.
+fn walk(root: &std::path::Path, cancelled: impl Fn() -> bool) -> u64 {
+    let started = std::time::Instant::now();
+    let mut dirs = vec![root.to_path_buf()];
+    let mut listed = 0u64;
+    while let Some(dir) = dirs.pop() {
+        if cancelled() {
+            tracing::debug!(
+                "warming {} cancelled after {listed} directories",
+                root.display()
+            );
+            return listed;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue; // gone (superseded and unpinned): nothing to warm
+        };
+        listed += 1;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    tracing::debug!(
+        "warmed {} ({listed} directories) in {:?}",
+        root.display(),
+        started.elapsed()
+    );
+    listed
+}
