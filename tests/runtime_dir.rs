@@ -203,3 +203,58 @@ fn a_mount_that_cannot_use_fuse_names_the_cause_and_leaves_nothing_behind() {
         "not a stale-socket story: {err}"
     );
 }
+
+#[test]
+fn a_hook_run_by_a_user_prints_the_checked_path_itself_and_stages_nothing() {
+    // Single-user Nix run by a user runs the hook as that user, whose sandbox can bind only
+    // what the user can read: the checked path needs no root-only clone.
+    let (sb, p) = world(DEV);
+    let xdg = sb.path("xdg");
+    fs::create_dir_all(&xdg).unwrap();
+    own(&xdg, DEV, 0o700);
+    let env = [("XDG_RUNTIME_DIR", xdg.to_str().unwrap())];
+    let mut daemon = Command::new("setpriv")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", format!("/home/{DEV}"))
+        .env("SRCSTORE_LOG", "warn")
+        .envs(env)
+        .args([
+            &format!("--reuid={DEV}"),
+            &format!("--regid={DEV}"),
+            "--init-groups",
+        ])
+        .arg(support::srcstore_bin())
+        .args(["mount", "--allow-other", p.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let mut path = String::new();
+    support::wait_for("the user's daemon", || {
+        let out = srcstore_as(DEV, &env, &["path", p.to_str().unwrap()]);
+        path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        out.status.success()
+    });
+    let expr = sb.path("x.nix");
+    fs::write(
+        &expr,
+        format!("derivation {{ name = \"x\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; src = \"{path}\"; }}"),
+    )
+    .unwrap();
+    let drv = Command::new("nix-instantiate").arg(&expr).output().unwrap();
+    assert!(drv.status.success(), "{}", support::stderr(&drv));
+    let drv = String::from_utf8(drv.stdout).unwrap().trim().to_owned();
+    let chroot = sb.path("chroot");
+    fs::create_dir(&chroot).unwrap();
+    let out = srcstore_as(DEV, &env, &["nix", "hook", &drv, chroot.to_str().unwrap()]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let block = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        block.starts_with("extra-sandbox-paths\n") && block.contains(&format!("{path}={path}\n")),
+        "{block}"
+    );
+    assert!(!block.contains(srcstore::hook::STAGE_ROOT), "{block}");
+}

@@ -92,14 +92,24 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
         Some(_) => LEASE_WITH_CHROOT,
         None => LEASE_WITHOUT_CHROOT,
     };
-    let mut staging = stage::Staging::create(chroot, lease)
-        .map_err(|e| HookError::new(STAGE_ROOT, format!("cannot stage snapshots there ({e})")))?;
+    // A hook that is not root runs for a Nix that is not either: its sandbox can bind only what
+    // its user can read, so the path itself, once checked, is as safe as a clone of it.
+    let mut staging = match rustix::process::geteuid().is_root() {
+        true => Some(stage::Staging::create(chroot, lease).map_err(|e| {
+            HookError::new(STAGE_ROOT, format!("cannot stage snapshots there ({e})"))
+        })?),
+        false => None,
+    };
     let result = (|| {
         let mut staged = Vec::with_capacity(refs.len());
         for r in &refs {
             let view = r.view.as_ref().ok_or_else(|| unseen(r))?;
             pin(view, r, chroot, lease)?;
             let dir = stage::resolve(view, &r.basename, &r.path)?;
+            let Some(staging) = staging.as_mut() else {
+                staged.push(r.path.clone());
+                continue;
+            };
             let slot = staging.stage(&dir).map_err(|e| {
                 HookError::new(&r.path, format!("cannot stage it for the sandbox ({e})"))
             })?;
@@ -107,7 +117,7 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
         }
         sandbox_block(&refs, &staged)
     })();
-    if result.is_err() {
+    if let (Err(_), Some(staging)) = (&result, staging) {
         staging.abandon();
     }
     result
