@@ -122,6 +122,8 @@ pub struct Hashed {
     pub stamp: Stamp,
     pub executable: bool,
     pub racy: bool,
+    /// Its link count: a file with more than one name can change without an event here.
+    pub links: u64,
 }
 
 fn now_ns() -> i64 {
@@ -202,7 +204,9 @@ fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt
         return Ok(Attempt::NotAFile);
     }
     let stamp = stamp_of_stat(&st);
-    if expected.is_some_and(|e| e != stamp) {
+    // Another file under the name (one renamed over it, as editors save) is not a change in
+    // progress: it is hashed as it is, its own stamps before and after proving the read.
+    if expected.is_some_and(|e| e != stamp && e.ino == stamp.ino) {
         return Ok(Attempt::Changed);
     }
     let mut hasher = blake3::Hasher::new();
@@ -216,6 +220,7 @@ fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt
         stamp,
         executable: exec_of_stat(&st),
         racy: racy_at(stamp, start),
+        links: st.st_nlink as u64,
     }))
 }
 

@@ -19,10 +19,6 @@ use crate::{Error, Snapshot};
 mod full;
 mod rules;
 
-/// Files whose names start with this are srcstore's own (watcher cookies) and are never part
-/// of a snapshot, whatever the filter.
-pub const RESERVED_PREFIX: &[u8] = b".srcstore-";
-
 /// Which files of the directory a snapshot takes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Filter {
@@ -31,6 +27,18 @@ pub enum Filter {
     Ignore,
     /// Everything, exactly what `nix-store --add` would take.
     All,
+}
+
+impl Filter {
+    /// How a user keeps a path out of a snapshot taken under this filter: the advice every
+    /// message about a path that cannot be taken ends with.
+    pub fn how_to_leave_out(self) -> &'static str {
+        match self {
+            Filter::Ignore => "remove it or add it to .srcstoreignore",
+            // `.srcstoreignore` keeps nothing out here: every file is taken, as Nix would.
+            Filter::All => "remove it (with --no-ignore every file of the directory is taken)",
+        }
+    }
 }
 
 /// What a scan did, for reports and benchmarks.
@@ -53,7 +61,12 @@ pub struct Scanner {
     threads: usize,
     progress: Arc<AtomicU64>,
     on_dir: Option<DirHook>,
+    links: Option<Links>,
 }
+
+/// Where a walk notes the files it saw with more than one link (their paths below the root):
+/// an edit through another of their names raises no event in any watched directory.
+pub(crate) type Links = Arc<Mutex<HashSet<Vec<u8>>>>;
 
 /// Called for every directory a walk enters, before its entries are read (the live view adds
 /// its inotify watch there, so nothing created inside is missed).
@@ -82,7 +95,14 @@ impl Scanner {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: Arc::default(),
             on_dir: None,
+            links: None,
         }
+    }
+
+    /// See [`Links`].
+    pub(crate) fn links(mut self, links: Links) -> Self {
+        self.links = Some(links);
+        self
     }
 
     /// See [`DirHook`].
@@ -129,7 +149,7 @@ impl Scanner {
                     .map_or("source".into(), |n| n.to_string_lossy()),
             ),
         };
-        let (tree, stats) = full::scan(&self, &root)?;
+        let (tree, stats) = full::scan(&self, &root).map_err(|e| e.under(self.filter))?;
         Ok((Snapshot::new(tree, name, root), stats))
     }
 }
@@ -146,6 +166,14 @@ pub(crate) struct Walk<'a> {
     fresh: &'a HashSet<Vec<u8>>,
     progress: &'a AtomicU64,
     on_dir: Option<&'a DirHookFn>,
+    links: Option<&'a Links>,
+}
+
+/// Notes `rel` in `links` if a stat showed it to have more than one link.
+pub(crate) fn note_links(links: Option<&Links>, rel: &[u8], nlink: u64) {
+    if let (Some(links), true) = (links, nlink > 1) {
+        links.lock().unwrap().insert(rel.to_vec());
+    }
 }
 
 impl<'a> Walk<'a> {
@@ -163,11 +191,14 @@ impl<'a> Walk<'a> {
             fresh,
             progress: &scanner.progress,
             on_dir: scanner.on_dir.as_deref(),
+            links: scanner.links.as_ref(),
         }
     }
 
     /// Walks `start` (relative to the project root) to `max_depth`, returning every entry below
-    /// it with its project-relative path; `start` itself is only passed to the dir hook.
+    /// it with its project-relative path; `start` itself is only passed to the dir hook. An entry
+    /// that vanishes while it is looked at is left out: its removal raised an event in a watched
+    /// directory, so the update that follows sees the tree without it.
     pub(crate) fn run(
         &self,
         start: &[u8],
@@ -206,17 +237,18 @@ impl<'a> Walk<'a> {
             Box::new(move |entry| {
                 let entry = match entry {
                     Ok(entry) => entry,
-                    Err(e) => return stop_on(failure, walk_error(e)),
+                    Err(e) => {
+                        let e = walk_error(e).filter(|e| !e.vanished());
+                        return stop_on(failure, e);
+                    }
                 };
                 let rel = entry.path().as_os_str().as_bytes()[base_len..]
                     .strip_prefix(b"/")
                     .unwrap_or_default();
-                if is_reserved(rel) {
-                    return WalkState::Skip;
-                }
                 if entry.depth() == 0 {
                     return match self.enter_dir(entry.path()) {
                         Ok(()) => WalkState::Continue,
+                        Err(e) if e.vanished() => WalkState::Skip,
                         Err(e) => stop_on(failure, Some(e)),
                     };
                 }
@@ -226,7 +258,8 @@ impl<'a> Walk<'a> {
                         batch.push((rel.to_vec(), item));
                         WalkState::Continue
                     }
-                    Err(e) => stop_on(failure, Some(e)),
+                    Err(e) if e.vanished() => WalkState::Skip,
+                    Err(e) => stop_on(failure, Some(e.under(self.filter))),
                 }
             })
         });
@@ -261,6 +294,8 @@ impl<'a> Walk<'a> {
             return Ok(Item::Symlink(Arc::new(Symlink::new(target))));
         }
         if ft.is_file() {
+            use std::os::unix::fs::MetadataExt;
+            note_links(self.links, rel, meta.nlink());
             if let Some(Node::File(old)) = previous {
                 use std::os::unix::fs::PermissionsExt;
                 let exec = meta.permissions().mode() & 0o100 != 0;
@@ -326,15 +361,6 @@ fn stop_on(failure: &Mutex<Option<Error>>, error: Option<Error>) -> WalkState {
         }
         None => WalkState::Continue,
     }
-}
-
-fn is_reserved(rel: &[u8]) -> bool {
-    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-    is_reserved_name(base)
-}
-
-fn is_reserved_name(name: &[u8]) -> bool {
-    name.starts_with(RESERVED_PREFIX)
 }
 
 /// Errors of the walk that must stop it (`Some`) or may be passed over (`None`: a malformed

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use rustix::fs::{AtFlags, FileType, RawDir};
 
 use super::rules::{Found, Level, Rules};
-use super::{is_reserved_name, Filter, ScanStats, Scanner};
+use super::{note_links, Filter, Links, ScanStats, Scanner};
 use crate::read::{self, Root};
 use crate::tree::{Dir, Entry, File, Name, Node, Stamp, Symlink};
 use crate::Error;
@@ -43,6 +43,7 @@ pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), 
         rules: rules.as_ref(),
         hook: scanner.on_dir.as_deref(),
         progress: &scanner.progress,
+        links: scanner.links.as_ref(),
         threads: scanner.threads.max(1),
         queue: Mutex::new(Queue::default()),
         wake: Condvar::new(),
@@ -97,6 +98,7 @@ struct Shared<'a> {
     rules: Option<&'a Rules>,
     hook: Option<&'a super::DirHookFn>,
     progress: &'a AtomicU64,
+    links: Option<&'a Links>,
     threads: usize,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -180,6 +182,20 @@ fn placeholder() -> Node {
     static EMPTY: std::sync::LazyLock<Node> =
         std::sync::LazyLock::new(|| Node::Dir(Arc::new(Dir::new(Vec::new()))));
     EMPTY.clone()
+}
+
+/// What an entry that vanished while the walk looked at it holds: left out of its directory
+/// when that is built. (Its removal raised an event in a watched directory, which a live view
+/// applies next.)
+static GONE: std::sync::LazyLock<Node> =
+    std::sync::LazyLock::new(|| Node::Symlink(Arc::new(Symlink::new(Box::default()))));
+
+fn gone() -> Node {
+    GONE.clone()
+}
+
+fn is_gone(node: &Node) -> bool {
+    node.id() == GONE.id()
 }
 
 /// What an entry turned out to be (from `d_type`, or a stat when that says nothing).
@@ -289,18 +305,34 @@ impl Shared<'_> {
     ) -> Result<(), Error> {
         let dir_path = self.abs(&job.rel);
         if let Some(hook) = self.hook {
-            hook(&dir_path)?;
+            match hook(&dir_path) {
+                Ok(()) => {}
+                Err(e) if e.vanished() && job.parent.is_some() => {
+                    self.vanish(job);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
         let io = |e: std::io::Error| Error::io(&dir_path, e);
-        let fd = match (&parent_fd, job.rel.is_empty()) {
-            (_, true) => read::open_dir_at(self.root.fd(), b".").map_err(io)?,
+        let opened = match (&parent_fd, job.rel.is_empty()) {
+            (_, true) => read::open_dir_at(self.root.fd(), b".").map_err(io),
             (Some(p), false) => {
                 let name = super::split(&job.rel).1;
-                read::open_dir_at(p.as_fd(), name).map_err(io)?
+                read::open_dir_at(p.as_fd(), name).map_err(io)
             }
-            (None, false) => read::open_dir_at(self.root.fd(), &job.rel).map_err(io)?,
+            (None, false) => read::open_dir_at(self.root.fd(), &job.rel).map_err(io),
         };
         drop(parent_fd);
+        let fd = match opened {
+            Ok(fd) => fd,
+            // Removed (or replaced) since its parent was listed.
+            Err(e) if e.vanished() && job.parent.is_some() => {
+                self.vanish(job);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
 
         // The listing, minus what is never part of a snapshot.
         let mut found = Found::default();
@@ -314,9 +346,6 @@ impl Shared<'_> {
                     continue;
                 }
                 found.note(name);
-                if is_reserved_name(name) {
-                    continue;
-                }
                 listed.push((Name::new(name), kind_of(entry.file_type())));
             }
             Ok(())
@@ -337,6 +366,7 @@ impl Shared<'_> {
                 if *kind == Kind::Unknown {
                     match self.stat(&fd, name, &job) {
                         Ok(st) => *kind = kind_of(FileType::from_raw_mode(st.st_mode as _)),
+                        Err(e) if e.vanished() => return false,
                         Err(e) => {
                             failure = Some(e);
                             return false;
@@ -419,8 +449,15 @@ impl Shared<'_> {
         // A file the previous tree has is checked by its stamp; so is anything `d_type`
         // does not name.
         if kind == Kind::Unknown || (kind == Kind::File && matches!(prev, Some(Node::File(_)))) {
-            let s = self.stat(fd, name, job)?;
+            let s = match self.stat(fd, name, job) {
+                Ok(s) => s,
+                Err(e) if e.vanished() => return Ok(gone()),
+                Err(e) => return Err(e),
+            };
             kind = kind_of(FileType::from_raw_mode(s.st_mode as _));
+            if kind == Kind::File {
+                note_links(self.links, &job.child_rel(name), s.st_nlink as u64);
+            }
             st = Some(s);
         }
         match kind {
@@ -445,9 +482,14 @@ impl Shared<'_> {
             }
             Kind::Symlink => {
                 stats.symlinks += 1;
-                let target = rustix::fs::readlinkat(&**fd, &**name, Vec::new())
-                    .map_err(|e| Error::io(self.abs(&job.child_rel(name)), e.into()))?
-                    .into_bytes();
+                let target = match rustix::fs::readlinkat(&**fd, &**name, Vec::new()) {
+                    Ok(t) => t.into_bytes(),
+                    // Gone, or no longer a link: the change raised an event.
+                    Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::INVAL => {
+                        return Ok(gone())
+                    }
+                    Err(e) => return Err(Error::io(self.abs(&job.child_rel(name)), e.into())),
+                };
                 if let Some(Node::Symlink(old)) = prev {
                     if *old.target == *target {
                         return Ok(Node::Symlink(old.clone()));
@@ -493,9 +535,18 @@ impl Shared<'_> {
         expected: Option<Stamp>,
         stats: &mut ScanStats,
     ) -> Result<(), Error> {
-        let h = read::hash_settled(dir_fd.as_fd(), name, expected, || {
+        let h = match read::hash_settled(dir_fd.as_fd(), name, expected, || {
             self.abs(&job.child_rel(name))
-        })?;
+        }) {
+            Ok(h) => h,
+            Err(e) if e.vanished() => {
+                job.entries.lock().unwrap()[slot].node = gone();
+                self.finish_one(job);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        note_links(self.links, &job.child_rel(name), h.links);
         stats.files += 1;
         stats.bytes += h.stamp.size;
         stats.hashed += 1;
@@ -510,6 +561,13 @@ impl Shared<'_> {
         Ok(())
     }
 
+    /// A directory that vanished before it was listed: left out of its parent.
+    fn vanish(&self, job: Arc<Job>) {
+        let (parent, slot) = job.parent.clone().expect("the root is never left out");
+        parent.entries.lock().unwrap()[slot].node = gone();
+        self.finish_one(parent);
+    }
+
     /// Marks one piece of `job`'s work done; the last one builds its node and hands it up,
     /// finishing the parent too when that was its last piece.
     fn finish_one(&self, mut job: Arc<Job>) {
@@ -517,7 +575,9 @@ impl Shared<'_> {
             if job.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
                 return;
             }
-            let entries = std::mem::take(&mut *job.entries.lock().unwrap()).into_boxed_slice();
+            let mut entries = std::mem::take(&mut *job.entries.lock().unwrap());
+            entries.retain(|e| !is_gone(&e.node));
+            let entries = entries.into_boxed_slice();
             // The previous node only for the very same entries: one that merely hashes the
             // same would bring back the stale stamps of files re-hashed since.
             let node = match &job.prev {
