@@ -3,11 +3,21 @@
 //! One updater thread owns the change queue: it waits for events, lets a burst settle, applies
 //! it with [`Scanner::update`] and publishes the result. Readers never wait for it: they clone
 //! the snapshots they need out of [`Live::served`]. [`Live::sync`] is how a caller gets a
-//! snapshot that includes every change made before the call: it creates a cookie file in the
-//! project root and waits until the updater has processed the cookie's event, which inotify
-//! delivers after every event queued before it (Watchman's technique).
+//! snapshot that includes every change made before the call: it creates a cookie file and
+//! waits until the updater has processed the cookie's event, which inotify delivers after every
+//! event queued before it on the same instance (Watchman's technique).
+//!
+//! Cookies are never made in the project: they go to a directory of the view's own outside it
+//! ([`Config::cookie_dir`]), watched on the same inotify instance, so that no snapshot can hold
+//! one (with `--no-ignore` a snapshot takes everything, `.git` too) and nothing a user of the
+//! project plants can redirect the write. They are created beneath that directory's descriptor
+//! with `O_CREAT | O_EXCL | O_NOFOLLOW`, under names drawn from a random key, and removed
+//! beneath it too (`unlinkat` never follows a link).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +25,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use notify::event::{EventKind, Flag};
+use notify::event::{DataChange, EventKind, Flag, ModifyKind};
 use notify::{EventKindMask, RecursiveMode, Watcher};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::scan::RESERVED_PREFIX;
+use crate::tree::Node;
 use crate::verify::{ReadError, Reader};
 use crate::{Changes, Error, Filter, Scanner, Snapshot};
 
@@ -31,6 +42,12 @@ pub struct Config {
     pub settle: Duration,
     /// How many superseded snapshots stay served besides the pinned ones.
     pub keep: usize,
+    /// Where the sync cookies go: a directory outside the project that only this view uses,
+    /// in a directory only this user can write (the daemon gives one per project in its runtime
+    /// directory). Made if missing (mode 0700), refused unless it is this user's and private,
+    /// and emptied of an earlier run's cookies. `None`: a fresh one in the system's temporary
+    /// directory, removed with the view.
+    pub cookie_dir: Option<PathBuf>,
 }
 
 /// Why the live view stopped on its own.
@@ -77,6 +94,10 @@ struct State {
     subtrees: std::collections::BTreeSet<Vec<u8>>,
     /// Why the newest changes could not be made into a snapshot (a fifo appeared, …).
     error: Option<String>,
+    /// Why the newest changes are not in a snapshot yet although nothing is wrong: a file
+    /// vanished or kept changing while it was hashed, and the updater goes again once the
+    /// burst has settled.
+    moving: Option<String>,
 }
 
 struct Pin {
@@ -90,19 +111,194 @@ struct Shared {
     dir: PathBuf,
     config: Config,
     state: RwLock<State>,
-    /// Cookies the updater has seen, and the condition their waiters sleep on.
-    cookies: Mutex<std::collections::HashSet<Vec<u8>>>,
-    cookie_seen: Condvar,
+    cookies: Arc<Cookies>,
     next_id: AtomicU64,
     counters: AtomicCounters,
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     reader: Reader,
+    /// Files seen with more than one link: re-stat-ed on every sync (see [`Live::sync`]).
+    links: crate::scan::Links,
+    /// When the update running now started, and how many entries it has looked at.
+    busy: Mutex<Option<Instant>>,
+    progress: Arc<AtomicU64>,
 }
+
+/// The cookies whose callers are waiting (and only those: a caller that gives up takes its own
+/// out), and the condition they sleep on.
+struct Cookies {
+    dir: CookieDir,
+    waiting: Mutex<HashMap<Vec<u8>, Seen>>,
+    changed: Condvar,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Seen {
+    /// Created; the watcher has not delivered its event yet.
+    Made,
+    /// Its event is in the updater's queue, behind the events before it.
+    Queued,
+    /// The updater has applied every event before it.
+    Done,
+}
+
+impl Cookies {
+    /// The watcher delivered `name`'s event.
+    fn queued(&self, name: &[u8]) {
+        if let Some(s @ Seen::Made) = self.waiting.lock().unwrap().get_mut(name) {
+            *s = Seen::Queued;
+        }
+    }
+
+    /// The updater applied every event before these cookies'; cookies nobody waits for any
+    /// more are not kept.
+    fn done(&self, names: &[Vec<u8>]) {
+        let mut waiting = self.waiting.lock().unwrap();
+        for name in names {
+            if let Some(s) = waiting.get_mut(name) {
+                *s = Seen::Done;
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Whether anyone still waits for `name`.
+    fn awaited(&self, name: &[u8]) -> bool {
+        self.waiting.lock().unwrap().contains_key(name)
+    }
+}
+
+/// A directory of the live view's own for its cookies, held open: every cookie is created and
+/// removed beneath this descriptor, never through a path a project user could redirect.
+struct CookieDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    parent: OwnedFd,
+    name: Box<[u8]>,
+    key: [u8; 32],
+    next: AtomicU64,
+}
+
+impl CookieDir {
+    fn open(wanted: Option<&Path>) -> Result<CookieDir, Error> {
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut r| r.read_exact(&mut key))
+            .map_err(|e| Error::io("/dev/urandom", e))?;
+        let (parent, name) = match wanted {
+            Some(p) => match (p.parent(), p.file_name()) {
+                (Some(parent), Some(name)) => (parent.to_path_buf(), name.as_bytes().to_vec()),
+                _ => {
+                    return Err(Error::io(
+                        p,
+                        std::io::Error::other("not a directory to make cookies in"),
+                    ))
+                }
+            },
+            None => {
+                let tag = blake3::keyed_hash(&key, b"directory").to_hex();
+                let name = format!("srcstore-cookies-{}", &tag[..24]);
+                (std::env::temp_dir(), name.into_bytes())
+            }
+        };
+        let parent = std::fs::canonicalize(&parent).map_err(|e| Error::io(&parent, e))?;
+        let path = parent.join(OsStr::from_bytes(&name));
+        let io = |e: rustix::io::Errno| Error::io(&path, e.into());
+        let parent_fd = rustix::fs::open(
+            &parent,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(&parent, e.into()))?;
+        match rustix::fs::mkdirat(&parent_fd, &*name, Mode::RWXU) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io(e)),
+        }
+        let fd = rustix::fs::openat(
+            &parent_fd,
+            &*name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+            return Err(Error::io(
+                &path,
+                std::io::Error::other(
+                    "not a private directory of this user's; remove it and start again",
+                ),
+            ));
+        }
+        // An earlier run's cookies (names only: unlinking never follows a link).
+        let mut buf = vec![std::mem::MaybeUninit::uninit(); 8192];
+        let mut old = Vec::new();
+        let mut listing = rustix::fs::RawDir::new(&fd, &mut buf);
+        while let Some(Ok(entry)) = listing.next() {
+            let n = entry.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                old.push(n.to_vec());
+            }
+        }
+        for n in old {
+            let _ = rustix::fs::unlinkat(&fd, n.as_slice(), AtFlags::empty());
+        }
+        Ok(CookieDir {
+            path,
+            fd,
+            parent: parent_fd,
+            name: name.into(),
+            key,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// A name no one can guess ahead of time.
+    fn fresh_name(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let tag = blake3::keyed_hash(&self.key, &n.to_le_bytes()).to_hex();
+        tag[..32].as_bytes().to_vec()
+    }
+
+    fn create(&self, name: &[u8]) -> std::io::Result<()> {
+        let flags = OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::WRONLY
+            | OFlags::CLOEXEC
+            | OFlags::NOCTTY;
+        rustix::fs::openat(&self.fd, name, flags, Mode::RUSR | Mode::WUSR)?;
+        Ok(())
+    }
+
+    fn remove(&self, name: &[u8]) {
+        let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+    }
+
+    /// The cookie a watcher event names, if it is one of this directory's.
+    fn cookie_of<'p>(&self, path: &'p Path) -> Option<&'p [u8]> {
+        let rest = path.strip_prefix(&self.path).ok()?.as_os_str().as_bytes();
+        (!rest.is_empty() && !rest.contains(&b'/')).then_some(rest)
+    }
+}
+
+impl Drop for CookieDir {
+    fn drop(&mut self) {
+        // Only ever empty by now; a directory someone else filled stays.
+        let _ = rustix::fs::unlinkat(&self.parent, &*self.name, AtFlags::REMOVEDIR);
+    }
+}
+
+/// How long `sync` waits beyond its timeout for an update that is still running (a long scan),
+/// before it gives up and says what it waits for; below a client's patience for an answer.
+const BUSY_LIMIT: Duration = Duration::from_secs(50);
 
 /// A running live view; dropping it stops the watcher and the updater.
 pub struct Live {
     shared: Arc<Shared>,
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+    /// Changes no watcher reports (an edit through another link), put in the updater's queue
+    /// ahead of the cookie that follows them.
+    inject: Mutex<mpsc::Sender<notify::Result<notify::Event>>>,
 }
 
 impl Live {
@@ -115,7 +311,23 @@ impl Live {
         on_stop: mpsc::Sender<Stopped>,
     ) -> Result<Live, Error> {
         let (tx, rx) = mpsc::channel();
+        let cookies = Arc::new(Cookies {
+            dir: CookieDir::open(config.cookie_dir.as_deref())?,
+            waiting: Mutex::default(),
+            changed: Condvar::new(),
+        });
+        let inject = tx.clone();
+        let seen = cookies.clone();
         let handler = move |ev: notify::Result<notify::Event>| {
+            // A waiter learns at once that its cookie reached the queue (the watcher works),
+            // however long the update ahead of it takes.
+            if let Ok(ev) = &ev {
+                if matches!(ev.kind, EventKind::Create(_)) {
+                    for name in ev.paths.iter().filter_map(|p| seen.dir.cookie_of(p)) {
+                        seen.queued(name);
+                    }
+                }
+            }
             let _ = tx.send(ev);
         };
         let mask = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
@@ -126,10 +338,13 @@ impl Live {
         .map_err(|e| watch_error(dir, e))?;
         let watcher = Arc::new(Mutex::new(watcher));
         let hook = dir_hook(&watcher);
+        hook(&cookies.dir.path)?;
+        let links = crate::scan::Links::default();
         let snapshot = Scanner::new(dir, config.filter)
             .name(config.name.clone())
             .previous(previous)
             .on_dir(hook.clone())
+            .links(links.clone())
             .scan()?;
         hook(dir)?;
         // The repository's `info/exclude` is in no snapshot, but its rules decide what is.
@@ -146,13 +361,16 @@ impl Live {
                 pins: HashMap::new(),
                 subtrees: Default::default(),
                 error: None,
+                moving: None,
             }),
             config,
-            cookies: Mutex::default(),
-            cookie_seen: Condvar::new(),
+            cookies,
             next_id: AtomicU64::new(1),
             counters: AtomicCounters::default(),
             subscribers: Mutex::default(),
+            links,
+            busy: Mutex::default(),
+            progress: Arc::default(),
         });
         let updater = Updater {
             shared: shared.clone(),
@@ -166,6 +384,7 @@ impl Live {
         Ok(Live {
             shared,
             _watcher: watcher,
+            inject: Mutex::new(inject),
         })
     }
 
@@ -178,38 +397,149 @@ impl Live {
     }
 
     /// The current snapshot including every change made before this call.
+    ///
+    /// "Made before" covers every change an inotify watch on the project's directories reports,
+    /// and edits through another name of a file with several links (inside the project or
+    /// outside it), which raise no event here: those files are stat-ed again on every call.
+    /// What no watcher and no stat can see is a write through a shared mapping (`mmap`) that is
+    /// still open: it changes neither the file's times nor its size until the mapping is
+    /// written back, so the answer may be a snapshot whose bytes that write has since changed
+    /// (its reads then fail rather than serve other bytes).
+    ///
+    /// The watcher must deliver the call's cookie within `timeout`; an update still running
+    /// then (a long scan) is waited for, up to [`BUSY_LIMIT`], and a tree that keeps moving (a
+    /// file written again every time it is hashed) up to `timeout`; past those the error says
+    /// what it waits for.
     pub fn sync(&self, timeout: Duration) -> Result<Snapshot, String> {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut name = RESERVED_PREFIX.to_vec();
-        name.extend_from_slice(format!("cookie-{}-{id}", std::process::id()).as_bytes());
-        let path = self.shared.dir.join(std::ffi::OsStr::from_bytes(&name));
-        std::fs::write(&path, b"")
-            .map_err(|e| format!("{}: cannot create sync cookie: {e}", path.display()))?;
-        let deadline = Instant::now() + timeout;
-        let mut seen = self.shared.cookies.lock().unwrap();
-        let ok = loop {
-            if seen.remove(&name) {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            seen = self.shared.cookie_seen.wait_timeout(seen, left).unwrap().0;
-        };
-        drop(seen);
-        let _ = std::fs::remove_file(&path);
-        if !ok {
+        self.recheck_links();
+        let cookies = &self.shared.cookies;
+        let name = cookies.dir.fresh_name();
+        cookies
+            .waiting
+            .lock()
+            .unwrap()
+            .insert(name.clone(), Seen::Made);
+        if let Err(e) = cookies.dir.create(&name) {
+            cookies.waiting.lock().unwrap().remove(&name);
             return Err(format!(
-                "{}: the watcher did not see a change within {timeout:?}; is the project directory still there?",
-                self.shared.dir.display()
+                "{}: cannot create sync cookie: {e}",
+                cookies.dir.path.display()
             ));
+        }
+        let started = Instant::now();
+        let mut waiting = cookies.waiting.lock().unwrap();
+        let outcome = loop {
+            let seen = waiting.get(&name).copied().unwrap_or(Seen::Done);
+            if seen == Seen::Done {
+                break Ok(());
+            }
+            let elapsed = started.elapsed();
+            let limit = match (seen, self.moving()) {
+                (Seen::Queued, None) => timeout.max(BUSY_LIMIT),
+                _ => timeout,
+            };
+            if elapsed >= limit {
+                break Err(seen);
+            }
+            let step = (limit - elapsed).min(Duration::from_millis(250));
+            waiting = cookies.changed.wait_timeout(waiting, step).unwrap().0;
+        };
+        waiting.remove(&name);
+        drop(waiting);
+        cookies.dir.remove(&name);
+        if let Err(seen) = outcome {
+            return Err(self.waited_for(seen, started.elapsed()));
         }
         let state = self.shared.state.read().unwrap();
         match &state.error {
             Some(e) => Err(e.clone()),
             None => Ok(state.current.clone()),
         }
+    }
+
+    /// Why the tree cannot be snapshotted for the moment (a file kept changing while it was
+    /// hashed), while the updater waits to go again.
+    fn moving(&self) -> Option<String> {
+        self.shared.state.read().unwrap().moving.clone()
+    }
+
+    /// What a sync that gave up after `waited` was waiting for.
+    fn waited_for(&self, seen: Seen, waited: Duration) -> String {
+        let dir = self.shared.dir.display();
+        if seen == Seen::Made {
+            return format!(
+                "{dir}: the watcher did not see a change within {waited:.0?}; is the project directory still there?"
+            );
+        }
+        if let Some(moving) = self.moving() {
+            return format!(
+                "{moving}; still so after {waited:.0?}: `path` answers once it has settled"
+            );
+        }
+        let (entries, running) = self.busy().unwrap_or_default();
+        format!(
+            "{dir}: still bringing the snapshot up to date after {waited:.0?} (an update running \
+             for {running:.0?}, {entries} entries looked at so far); `srcstore status` shows its \
+             progress; ask again"
+        )
+    }
+
+    /// The update running now: how many entries it has looked at, and for how long.
+    pub fn busy(&self) -> Option<(u64, Duration)> {
+        let since = (*self.shared.busy.lock().unwrap())?;
+        Some((
+            self.shared.progress.load(Ordering::Relaxed),
+            since.elapsed(),
+        ))
+    }
+
+    /// Files with several links change without an event in a watched directory when written
+    /// through another name: each one whose stamp no longer matches the current snapshot is
+    /// queued as changed, ahead of the cookie that follows. Ones that are gone or down to one
+    /// link are forgotten (a later walk notes them again if they gain one).
+    fn recheck_links(&self) {
+        let links: Vec<Vec<u8>> = self.shared.links.lock().unwrap().iter().cloned().collect();
+        if links.is_empty() {
+            return;
+        }
+        let current = self.current();
+        let mut forget = Vec::new();
+        for rel in links {
+            let (parent, base) = crate::scan::split(&rel);
+            let here: &[u8] = if parent.is_empty() { b"." } else { parent };
+            let st = crate::read::open_dir_at(current.root().fd(), here)
+                .ok()
+                .and_then(|d| rustix::fs::statat(&d, base, AtFlags::SYMLINK_NOFOLLOW).ok())
+                .filter(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode as _)
+                        == rustix::fs::FileType::RegularFile
+                });
+            let same = match (&st, current.tree().find(&rel)) {
+                (Some(st), Some(Node::File(f))) => {
+                    !f.racy
+                        && f.stamp == crate::read::stamp_of_stat(st)
+                        && f.executable == crate::read::exec_of_stat(st)
+                }
+                _ => false,
+            };
+            if !st.is_some_and(|st| st.st_nlink > 1) {
+                forget.push(rel.clone());
+            }
+            if !same {
+                self.changed(self.shared.dir.join(OsStr::from_bytes(&rel)));
+            }
+        }
+        let mut links = self.shared.links.lock().unwrap();
+        for rel in forget {
+            links.remove(&rel);
+        }
+    }
+
+    /// Queues `path` (absolute) as changed, as if the watcher had named it.
+    fn changed(&self, path: PathBuf) {
+        let event =
+            notify::Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(path);
+        let _ = self.inject.lock().unwrap().send(Ok(event));
     }
 
     /// The current snapshot of a subdirectory (a `/`-separated path below the project root),
@@ -354,6 +684,8 @@ impl Live {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("{e}: the read failed (EIO) rather than mix versions");
+            // The file moved without the watcher saying so (or before it did): look again now.
+            self.changed(path.clone());
             self.shared.publish(Event::ReadFailed {
                 path: path.clone(),
                 torn,
@@ -390,6 +722,10 @@ fn watch_error(path: &Path, e: notify::Error) -> Error {
              (and fs.inotify.max_user_instances if many daemons run)",
         ),
         notify::ErrorKind::Io(io) => io,
+        // Gone before it could be watched: a walk leaves it out (its removal raised an event).
+        notify::ErrorKind::PathNotFound => {
+            std::io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error())
+        }
         other => std::io::Error::other(format!("{other:?}")),
     };
     Error::io(path, io)
@@ -404,17 +740,43 @@ struct Updater {
     on_stop: mpsc::Sender<Stopped>,
 }
 
+/// What one attempt at applying a burst came to.
+enum Outcome {
+    Applied,
+    /// The error is what `path` answers until an update succeeds.
+    Failed,
+    /// The tree moved under the update: the same changes go again once it settles.
+    Moving,
+    Stop(Stopped),
+}
+
 impl Updater {
     fn run(self, rx: mpsc::Receiver<notify::Result<notify::Event>>) {
         let dir = self.shared.dir.clone();
-        // The changes of an update that failed (a fifo appeared, a file vanished mid-scan): they
+        // The changes of an update that failed (a fifo appeared, a file kept changing): they
         // are tried again with the next burst, or the snapshot would never catch up with them.
         let mut unapplied = Changes::default();
-        while let Ok(first) = rx.recv() {
+        // The cookies of a burst whose update must go again: answered once it has gone through.
+        let mut held: Vec<Vec<u8>> = Vec::new();
+        // After an update the tree moved under: how long to let it settle before going again.
+        let mut retry: Option<Duration> = None;
+        loop {
+            let first = match retry {
+                None => match rx.recv() {
+                    Ok(ev) => Some(ev),
+                    Err(_) => return,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(ev) => Some(ev),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+            };
             let started = Instant::now();
             let mut changes = std::mem::take(&mut unapplied);
-            let mut cookies = Vec::new();
-            let mut next = Some(first);
+            let mut cookies = std::mem::take(&mut held);
+            cookies.retain(|c| self.shared.cookies.awaited(c));
+            let mut next = first;
             // A burst ends when it goes quiet for `settle` (or runs long); a waiting caller
             // (a cookie) ends it at once with whatever is already queued.
             while let Some(ev) = next.take() {
@@ -430,19 +792,31 @@ impl Updater {
                     None
                 };
             }
-            if !changes.is_empty() {
-                match self.apply(&changes, started) {
-                    Ok(true) => {}
-                    Ok(false) => unapplied = changes,
-                    Err(stop) => {
-                        let _ = self.on_stop.send(stop);
-                        return;
-                    }
+            let outcome = if changes.is_empty() {
+                Outcome::Applied
+            } else {
+                self.apply(&changes, started)
+            };
+            match outcome {
+                Outcome::Applied => retry = None,
+                Outcome::Failed => {
+                    retry = None;
+                    unapplied = changes;
+                }
+                Outcome::Moving => {
+                    unapplied = changes;
+                    held = cookies;
+                    let first = self.shared.config.settle.max(Duration::from_millis(20));
+                    retry = Some(retry.map_or(first, |r| (r * 2).min(MAX_BURST)));
+                    continue;
+                }
+                Outcome::Stop(stop) => {
+                    let _ = self.on_stop.send(stop);
+                    return;
                 }
             }
             if !cookies.is_empty() {
-                self.shared.cookies.lock().unwrap().extend(cookies);
-                self.shared.cookie_seen.notify_all();
+                self.shared.cookies.done(&cookies);
             }
         }
     }
@@ -472,7 +846,23 @@ impl Updater {
         if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) && ev.paths.is_empty() {
             return Ok(());
         }
+        let cookie_dir = &self.shared.cookies.dir;
         for path in &ev.paths {
+            if let Some(name) = cookie_dir.cookie_of(path) {
+                if matches!(ev.kind, EventKind::Create(_)) {
+                    cookies.push(name.to_vec());
+                }
+                continue;
+            }
+            if path == &cookie_dir.path {
+                if matches!(ev.kind, EventKind::Remove(_)) {
+                    tracing::warn!(
+                        "{}: the cookie directory was removed; `path` cannot sync until a restart",
+                        path.display()
+                    );
+                }
+                continue;
+            }
             let Ok(rel) = path.strip_prefix(dir) else {
                 continue;
             };
@@ -487,33 +877,31 @@ impl Updater {
                 }
                 continue;
             }
-            let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-            if base.starts_with(RESERVED_PREFIX) {
-                if !rel.contains(&b'/') && matches!(ev.kind, EventKind::Create(_)) {
-                    cookies.push(rel.to_vec());
-                }
-                continue;
-            }
             changes.add(rel.to_vec());
         }
         Ok(())
     }
 
-    /// Brings the current snapshot up to date; `Ok(false)` when the update failed (the error is
-    /// what `path` answers until one succeeds), `Err` when the project directory itself is gone.
-    fn apply(&self, changes: &Changes, started: Instant) -> Result<bool, Stopped> {
+    /// Brings the current snapshot up to date; on failure the error is what `path` answers
+    /// until an update succeeds, unless the tree only moved under the update.
+    fn apply(&self, changes: &Changes, started: Instant) -> Outcome {
         let current = self.shared.state.read().unwrap().current.clone();
+        self.shared.progress.store(0, Ordering::Relaxed);
+        *self.shared.busy.lock().unwrap() = Some(started);
         let result = Scanner::new(&self.shared.dir, self.shared.config.filter)
             .on_dir(self.hook.clone())
+            .links(self.shared.links.clone())
+            .progress(self.shared.progress.clone())
             .update(&current, changes);
+        *self.shared.busy.lock().unwrap() = None;
         if result.is_ok() {
             self.shared.reader.let_go_of_removed();
         }
         let mut state = self.shared.state.write().unwrap();
-        let applied = result.is_ok();
-        match result {
+        let outcome = match result {
             Ok((next, stats)) => {
                 state.error = None;
+                state.moving = None;
                 let name = next.basename();
                 if name == current.basename() {
                     // The same content under fresher stamps (a touch, a file re-hashed to what
@@ -528,19 +916,27 @@ impl Updater {
                     drop(state);
                     self.shared.publish(Event::Snapshot(name));
                 }
+                Outcome::Applied
             }
             Err(_) if !self.shared.dir.is_dir() => {
-                return Err(Stopped::ProjectGone(self.shared.dir.clone()))
+                return Outcome::Stop(Stopped::ProjectGone(self.shared.dir.clone()))
+            }
+            Err(e) if e.is_transient() => {
+                tracing::debug!("{e}; going again once the changes settle");
+                state.moving = Some(e.to_string());
+                return Outcome::Moving;
             }
             Err(e) => {
                 tracing::warn!("{e}");
                 state.error = Some(e.to_string());
+                state.moving = None;
+                Outcome::Failed
             }
-        }
+        };
         let c = &self.shared.counters;
         c.updates.fetch_add(1, Ordering::Relaxed);
         c.last_update_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(applied)
+        outcome
     }
 }

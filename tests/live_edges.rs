@@ -1,0 +1,283 @@
+//! The live mount in odd corners and under attack, on real FUSE mounts: nothing outside what
+//! srcstore owns is ever written, `--no-ignore` is exactly `nix-store --add`, saves and churn
+//! never fail `path`, a long scan is waited for, and changes no inotify event reports are seen.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{write, Daemon, Sandbox};
+
+fn project(sb: &Sandbox) -> PathBuf {
+    let p = sb.path("proj");
+    write(&p.join("src/main.c"), "int main(void) { return 0; }\n");
+    write(&p.join("README"), "hello\n");
+    p
+}
+
+fn basename(path: &Path) -> &str {
+    path.file_name().unwrap().to_str().unwrap()
+}
+
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_symlink_planted_where_a_cookie_could_go_is_never_followed() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    // A file only its owner may read or write, outside the project.
+    let precious = sb.path("precious");
+    fs::write(&precious, "must keep these bytes\n").unwrap();
+    support::chmod(&precious, 0o600);
+    let d = Daemon::start(&sb, &p, &[]);
+    // Every name the predictable scheme (`.srcstore-cookie-<pid>-<n>`) could pick next.
+    let pid = d.child.id();
+    for n in 0..300 {
+        std::os::unix::fs::symlink(&precious, p.join(format!(".srcstore-cookie-{pid}-{n}")))
+            .unwrap();
+    }
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let out = sb.run(&["path", p.to_str().unwrap()]);
+        if !out.status.success() {
+            failures.push(support::stderr(&out));
+        }
+    }
+    assert_eq!(
+        fs::read_to_string(&precious).unwrap(),
+        "must keep these bytes\n",
+        "a file outside the project was written through a planted link"
+    );
+    assert_eq!(fs::metadata(&precious).unwrap().mode() & 0o7777, 0o600);
+    assert!(failures.is_empty(), "path failed: {failures:?}");
+    // The planted links are the user's files like any other.
+    let path = d.path(&sb);
+    assert_eq!(basename(&path), sb.hash(&p));
+}
+
+#[test]
+fn path_never_makes_a_file_in_the_project_and_no_ignore_snapshots_hold_none() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let git = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&p)
+        .status()
+        .unwrap();
+    assert!(git.success());
+    let d = Daemon::start(&sb, &p, &["--no-ignore"]);
+    let dirs = [p.clone(), p.join(".git")];
+    let before: Vec<BTreeSet<String>> = dirs.iter().map(|d| names_in(d)).collect();
+    // Everything that appears in the project root or its `.git` while `path` runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let lister = {
+        let (stop, dirs, before) = (stop.clone(), dirs.clone(), before.clone());
+        std::thread::spawn(move || {
+            let mut seen = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (dir, before) in dirs.iter().zip(&before) {
+                    seen.extend(names_in(dir).difference(before).cloned());
+                }
+            }
+            seen
+        })
+    };
+    let mut answers = BTreeSet::new();
+    for _ in 0..40 {
+        answers.insert(d.path(&sb));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let appeared = lister.join().unwrap();
+    assert!(
+        appeared.is_empty(),
+        "path made files in the project: {appeared:?}"
+    );
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let path = answers.into_iter().next().unwrap();
+    assert_eq!(
+        basename(&path),
+        sb.ok(&["hash", "--no-ignore", p.to_str().unwrap()]).trim()
+    );
+    for dir in [path.clone(), path.join(".git")] {
+        let names = names_in(&dir);
+        assert!(
+            !names.iter().any(|n| n.starts_with(".srcstore")),
+            "{}: {names:?}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn no_ignore_takes_srcstore_named_files_exactly_as_nix_store_add_does() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    write(&p.join(".srcstore-x"), "a user's file\n");
+    write(&p.join("sub/.srcstore-cookie-1-1"), "also a user's file\n");
+    let j = sb.json(&["--nix", "--no-ignore", p.to_str().unwrap()]);
+    assert_eq!(j["nar_hash"], support::nix_hash_path(&p));
+    let d = Daemon::start(&sb, &p, &["--no-ignore"]);
+    let path = d.path(&sb);
+    assert_eq!(
+        fs::read_to_string(path.join(".srcstore-x")).unwrap(),
+        "a user's file\n"
+    );
+    assert!(path.join("sub/.srcstore-cookie-1-1").exists());
+}
+
+#[test]
+fn a_file_nix_cannot_store_is_reported_with_a_fix_that_works_under_the_filter() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let made = Command::new("mkfifo")
+        .arg(p.join("src/pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let ignoring = sb.fails(&["hash", p.to_str().unwrap()]);
+    assert!(
+        ignoring.contains("src/pipe") && ignoring.contains(".srcstoreignore"),
+        "{ignoring}"
+    );
+    let all = sb.fails(&["hash", "--no-ignore", p.to_str().unwrap()]);
+    assert!(all.contains("src/pipe"), "{all}");
+    assert!(
+        !all.contains(".srcstoreignore"),
+        "under --no-ignore, .srcstoreignore keeps nothing out: {all}"
+    );
+}
+
+#[test]
+fn saves_by_rename_and_checkout_churn_never_fail_path() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // An editor's save: write a temporary file beside the real one, rename it over it.
+    let saver = {
+        let (stop, p) = (stop.clone(), p.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let tmp = p.join(format!("src/.tmp{}", i % 20));
+                fs::write(&tmp, format!("int main(void) {{ return {i}; }}\n")).unwrap();
+                fs::rename(&tmp, p.join("src/main.c")).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    // A checkout: a directory of files made, rewritten and removed again.
+    let checkout = {
+        let (stop, p) = (stop.clone(), p.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let dir = p.join("pkg");
+                for i in 0..40 {
+                    write(
+                        &dir.join(format!("m{}/f{i}", i % 4)),
+                        format!("{round}-{i}"),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(3));
+                fs::remove_dir_all(&dir).unwrap();
+                round += 1;
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    let calls = 200;
+    for _ in 0..calls {
+        let out = sb.run(&["path", p.to_str().unwrap()]);
+        if !out.status.success() {
+            failures.push(support::stderr(&out));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    saver.join().unwrap();
+    checkout.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} path calls failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let path = d.path(&sb);
+    assert_eq!(basename(&path), sb.hash(&p));
+    assert_eq!(
+        fs::read(path.join("src/main.c")).unwrap(),
+        fs::read(p.join("src/main.c")).unwrap()
+    );
+}
+
+#[test]
+fn a_path_during_a_long_update_waits_for_it() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    // Hashing 6 GiB of holes takes longer here than `path` used to wait for anything.
+    let size = 6u64 << 30;
+    fs::File::create(p.join("disk.img"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let started = Instant::now();
+    let out = sb.run(&["path", p.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "path failed after {took:?}: {}",
+        support::stderr(&out)
+    );
+    let err = support::stderr(&out);
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(fs::metadata(path.join("disk.img")).unwrap().len(), size);
+    assert_eq!(path.parent().unwrap(), d.mountpoint);
+    if took > Duration::from_secs(5) {
+        assert!(err.contains("waiting"), "a long wait said nothing: {err:?}");
+    }
+}
+
+#[test]
+fn an_edit_through_a_hard_link_inotify_never_reports_is_seen() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    write(&p.join("a/shared"), "one\n");
+    fs::create_dir_all(p.join("b")).unwrap();
+    fs::hard_link(p.join("a/shared"), p.join("b/shared")).unwrap();
+    fs::create_dir_all(sb.path("outside")).unwrap();
+    fs::hard_link(p.join("src/main.c"), sb.path("outside/main.c")).unwrap();
+    let d = Daemon::start(&sb, &p, &[]);
+    let first = d.path(&sb);
+    // Edited in place through the name outside the project: no event in any watched directory.
+    std::thread::sleep(Duration::from_millis(100));
+    fs::write(sb.path("outside/main.c"), "int main(void) { return 7; }\n").unwrap();
+    let second = d.path(&sb);
+    assert_ne!(second, first, "an edit through an outside link was missed");
+    assert_eq!(
+        fs::read_to_string(second.join("src/main.c")).unwrap(),
+        "int main(void) { return 7; }\n"
+    );
+    assert_eq!(basename(&second), sb.hash(&p));
+    // Edited through one of two names inside the project: the other one changed too.
+    fs::write(p.join("a/shared"), "two\n").unwrap();
+    let third = d.path(&sb);
+    assert_eq!(fs::read_to_string(third.join("b/shared")).unwrap(), "two\n");
+    assert_eq!(basename(&third), sb.hash(&p));
+}
