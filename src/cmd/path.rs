@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use srcstore::control::Request;
 
@@ -13,8 +15,38 @@ pub struct Args {
     sub: Option<String>,
 }
 
+/// How long an answer may take before `path` says on stderr what it waits for.
+const QUIET: Duration = Duration::from_secs(2);
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, response) = super::daemon::ask(args.dir.as_deref(), Request::Path { sub: args.sub })?;
+    let (answered, waiting) = mpsc::channel::<()>();
+    let dir = args.dir.clone();
+    // A daemon still bringing its snapshot up to date (a long scan) answers late: say so, with
+    // the progress `status` shows, rather than sit silent.
+    std::thread::spawn(move || {
+        let mut wait = QUIET;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = waiting.recv_timeout(wait) {
+            let progress = super::daemon::ask(dir.as_deref(), Request::Status)
+                .ok()
+                .and_then(|(_, r)| r.status)
+                .and_then(|s| {
+                    let u = s.get("updating")?;
+                    Some(format!(
+                        ": an update running for {:.0}s, {} entries looked at so far",
+                        u["seconds"].as_f64()?,
+                        u["entries"].as_u64()?
+                    ))
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "srcstore: waiting for the daemon to bring the snapshot up to date{progress}"
+            );
+            wait = Duration::from_secs(5);
+        }
+    });
+    let result = super::daemon::ask(args.dir.as_deref(), Request::Path { sub: args.sub });
+    drop(answered);
+    let (_, response) = result?;
     println!("{}", response.path.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
