@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("srcstore: error: {e:#}");
-            ExitCode::FAILURE
+            cmd::exit::code(&e)
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+
+use super::exit;
 use srcstore::control::{self, Client, Request, Response};
 
 /// Sends one request to the daemon serving `dir` (or a parent of it).
@@ -13,29 +15,31 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
     };
     let runtime = runtime_dir(false)?;
     let Some(project) = control::find_project(&runtime, &start) else {
-        bail!(
+        return Err(exit::not_running(format!(
             "{}: no srcstore daemon serves this directory or a parent; start one in the project with `srcstore mount --allow-other`",
             start.display()
-        );
+        )));
     };
     let socket = control::socket_path(&runtime, &project);
-    let mut client = connect(&socket).with_context(|| {
-        format!(
-            "{}: its daemon is not running (stale socket {}); start it again with `srcstore mount`",
+    let mut client = connect(&socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            exit::refused(format!("{}: {e}", project.display()))
+        }
+        _ => exit::not_running(format!(
+            "{}: its daemon is not running (stale socket {}: {e}); start it again with `srcstore mount`",
             project.display(),
             socket.display()
-        )
+        )),
     })?;
     let response = client
         .request(request)
         .with_context(|| format!("{}: daemon did not answer", project.display()))?;
     if !response.ok {
-        bail!(
-            "{}",
+        return Err(exit::refused(
             response
                 .error
-                .unwrap_or_else(|| "daemon refused the request".into())
-        );
+                .unwrap_or_else(|| "daemon refused the request".into()),
+        ));
     }
     Ok((project, response))
 }
@@ -46,6 +50,10 @@ pub fn runtime_dir(create: bool) -> anyhow::Result<PathBuf> {
     match control::private_runtime_dir(create) {
         Ok(dir) => Ok(dir),
         Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(control::runtime_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(exit::refused(format!(
+            "{}: {e}",
+            control::runtime_dir().display()
+        ))),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", control::runtime_dir().display())),
     }
 }

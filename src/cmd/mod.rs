@@ -1,5 +1,6 @@
 pub mod completions;
 mod daemon;
+pub mod exit;
 pub mod hash;
 pub mod mount;
 pub mod nix;

@@ -469,11 +469,11 @@ impl DaemonLock {
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            bail!(
+            return Err(super::exit::refused(format!(
                 "{}: already served by another srcstore daemon ({}); stop it first",
                 dir.display(),
                 holder.trim()
-            );
+            )));
         }
         file.set_len(0)?;
         file.rewind()?;
