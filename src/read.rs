@@ -48,19 +48,6 @@ impl Root {
         &self.path
     }
 
-    /// Opens a regular file below the root, never through a symlink.
-    pub fn open_file(&self, rel: &Path) -> Result<fs::File, Error> {
-        let fd = rustix::fs::openat2(
-            &self.fd,
-            rel,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(|e| Error::io(self.path.join(rel), e.into()))?;
-        Ok(fs::File::from(fd))
-    }
-
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -238,11 +225,6 @@ fn racy_window_ns(stamp: Stamp) -> i64 {
     } else {
         RACY_WINDOW_NS
     }
-}
-
-/// Whether a stamp taken now could still hide a change made in the same timestamp tick.
-pub(crate) fn is_racy(stamp: Stamp) -> bool {
-    racy_at(stamp, now_ns())
 }
 
 /// Streams a reader to the end through a reused buffer large enough for BLAKE3's SIMD paths.
