@@ -1,23 +1,18 @@
 //! Streaming a snapshot as a NAR (Nix ARchive), the serialisation Nix hashes a tree by.
 //!
-//! Every file is checked against the snapshot while it is streamed, so a NAR (and so a NAR hash
-//! or a registered store path) never mixes in bytes from another version of the tree. A file is
-//! opened beneath the project root and stamped before and after it is read:
-//! - when both stamps are the one the snapshot recorded for its content, and that one was not
-//!   racy, the bytes are the ones that were hashed (the trust the index places in a stamp);
-//! - otherwise the bytes are hashed with BLAKE3 as they stream and must give the snapshot's
-//!   content hash.
+//! Every file's bytes go through the same proof as a FUSE read ([`crate::verify::prove`], the
+//! whole file hashed with BLAKE3 as it streams, against the snapshot's content hash), so a NAR
+//! (and so a NAR hash or a registered store path) never carries bytes from another version of
+//! the tree, whatever the file's stamp says. A file that fails it (other bytes, another size, a
+//! symlink or anything but a regular file in its place) fails the whole NAR with
+//! [`Error::Stale`] before the file's entry is complete: a NAR is never completed with bytes
+//! that are not the snapshot's, and a writer given one must discard what it got on an error.
 //!
-//! Anything else (another size, a hash that differs, a stamp that moves during the read of a file
-//! trusted by its stamp) fails the whole NAR with [`Error::Stale`]: a NAR is never completed
-//! with bytes that are not the snapshot's.
-//!
-//! [`nar_info`] reads on one thread and runs SHA-256 on another, so reading, the checks and the
+//! [`nar_info`] reads on one thread and runs SHA-256 on another, so reading, the proof and the
 //! hash overlap.
 
 use std::ffi::OsStr;
-use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc;
@@ -26,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::read;
 use crate::tree::{File, Node};
+use crate::verify::{self, Out, Unproven};
 use crate::{Error, Snapshot};
 
 /// A NAR's SHA-256 and length.
@@ -74,10 +70,16 @@ pub fn nar_info(snapshot: &Snapshot) -> Result<NarInfo, Error> {
 
 /// Writes the snapshot's NAR to `out`.
 pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error> {
-    write_into(snapshot, &mut Direct(out))
+    write_into(
+        snapshot,
+        &mut Direct {
+            out,
+            buf: vec![0; 256 << 10],
+        },
+    )
 }
 
-fn write_into(snapshot: &Snapshot, out: &mut impl Sink) -> Result<(), Error> {
+fn write_into(snapshot: &Snapshot, out: &mut impl Out) -> Result<(), Error> {
     let mut w = NarWriter {
         out,
         snapshot,
@@ -88,57 +90,23 @@ fn write_into(snapshot: &Snapshot, out: &mut impl Sink) -> Result<(), Error> {
     w.node(snapshot.tree())
 }
 
-/// Where NAR bytes go.
-trait Sink {
-    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
-
-    /// Appends up to `n` bytes read from `file` (fewer only if it ends first), also feeding
-    /// them to `check`; returns how many.
-    fn put_from(
-        &mut self,
-        file: &mut fs::File,
-        n: u64,
-        check: Option<&mut blake3::Hasher>,
-    ) -> io::Result<u64>;
-}
-
-/// Straight to a writer.
-struct Direct<'a, W>(&'a mut W);
-
-impl<W: Write> Sink for Direct<'_, W> {
-    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
-    }
-
-    fn put_from(
-        &mut self,
-        file: &mut fs::File,
-        n: u64,
-        check: Option<&mut blake3::Hasher>,
-    ) -> io::Result<u64> {
-        let mut tee = Tee {
-            out: &mut *self.0,
-            check,
-        };
-        read::copy_into(&mut file.take(n), &mut tee)
-    }
-}
-
-struct Tee<'a, W> {
+/// Straight to a writer; file bytes are read into a buffer and written from it.
+struct Direct<'a, W> {
     out: &'a mut W,
-    check: Option<&'a mut blake3::Hasher>,
+    buf: Vec<u8>,
 }
 
-impl<W: Write> Write for Tee<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write_all(buf)?;
-        if let Some(h) = self.check.as_deref_mut() {
-            h.update(buf);
-        }
-        Ok(buf.len())
+impl<W: Write> Out for Direct<'_, W> {
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        Ok(&mut self.buf)
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.out.write_all(&self.buf[..n])
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)
     }
 }
 
@@ -164,7 +132,7 @@ impl Chunks {
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
     }
 
-    fn room(&mut self) -> io::Result<&mut [u8]> {
+    fn free(&mut self) -> io::Result<&mut [u8]> {
         if self.filled == CHUNK {
             self.send()?;
         }
@@ -172,41 +140,14 @@ impl Chunks {
     }
 }
 
-impl Sink for Chunks {
-    fn put(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let room = self.room()?;
-            let n = room.len().min(bytes.len());
-            room[..n].copy_from_slice(&bytes[..n]);
-            self.filled += n;
-            bytes = &bytes[n..];
-        }
-        Ok(())
+impl Out for Chunks {
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        self.free()
     }
 
-    fn put_from(
-        &mut self,
-        file: &mut fs::File,
-        n: u64,
-        mut check: Option<&mut blake3::Hasher>,
-    ) -> io::Result<u64> {
-        let mut done = 0;
-        while done < n {
-            let room = self.room()?;
-            let want = room.len().min((n - done).try_into().unwrap_or(usize::MAX));
-            let got = match file.read(&mut room[..want]) {
-                Ok(0) => break,
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if let Some(h) = check.as_deref_mut() {
-                h.update(&room[..got]);
-            }
-            self.filled += got;
-            done += got as u64;
-        }
-        Ok(done)
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.filled += n;
+        Ok(())
     }
 }
 
@@ -223,7 +164,7 @@ fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 
-impl<S: Sink> NarWriter<'_, S> {
+impl<S: Out> NarWriter<'_, S> {
     fn io(&self, e: io::Error) -> Error {
         Error::io(self.abs_path(), e)
     }
@@ -298,31 +239,15 @@ impl<S: Sink> NarWriter<'_, S> {
         self.str(b")")
     }
 
-    /// Copies a file's bytes, checking they are the snapshot's (see the module docs).
+    /// Copies a file's bytes, proven to be the snapshot's (see the module docs).
     fn contents(&mut self, f: &File) -> Result<(), Error> {
-        let stale = |w: &Self| Error::Stale { path: w.abs_path() };
-        let (dir, name) = self.place();
-        let mut file = read::open_file_at(dir, name).map_err(|e| self.io(e))?;
-        let before = read::stamp_of_file(&file).map_err(|e| self.io(e))?;
-        if before.size != f.size() {
-            return Err(stale(self));
-        }
-        let trusted = !f.racy && before == f.stamp;
-        let mut check = (!trusted).then(blake3::Hasher::new);
-        let n = self
-            .out
-            .put_from(&mut file, f.size(), check.as_mut())
-            .map_err(|e| self.io(e))?;
-        if n != f.size() {
-            return Err(stale(self));
-        }
-        let intact = match check {
-            Some(h) => h.finalize().as_bytes() == &f.content,
-            None => read::stamp_of_file(&file).map_err(|e| self.io(e))? == before,
+        let unproven = |w: &Self, e| match e {
+            Unproven::Io(e) => w.io(e),
+            Unproven::Stale | Unproven::Torn => Error::Stale { path: w.abs_path() },
         };
-        if !intact {
-            return Err(stale(self));
-        }
-        Ok(())
+        let (dir, name) = self.place();
+        let (file, stamp) = verify::open_backing(dir, name).map_err(|e| unproven(self, e))?;
+        verify::prove(&file, stamp, f, 0..f.size(), None, &mut *self.out)
+            .map_err(|e| unproven(self, e))
     }
 }
