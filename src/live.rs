@@ -411,6 +411,17 @@ impl Live {
     /// file written again every time it is hashed) up to `timeout`; past those the error says
     /// what it waits for.
     pub fn sync(&self, timeout: Duration) -> Result<Snapshot, String> {
+        self.settle(timeout)?;
+        let state = self.shared.state.read().unwrap();
+        match &state.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(state.current.clone()),
+        }
+    }
+
+    /// Returns once the updater has applied every change made before the call (see
+    /// [`Live::sync`]).
+    fn settle(&self, timeout: Duration) -> Result<(), String> {
         self.recheck_links();
         let cookies = &self.shared.cookies;
         let name = cookies.dir.fresh_name();
@@ -447,14 +458,7 @@ impl Live {
         waiting.remove(&name);
         drop(waiting);
         cookies.dir.remove(&name);
-        if let Err(seen) = outcome {
-            return Err(self.waited_for(seen, started.elapsed()));
-        }
-        let state = self.shared.state.read().unwrap();
-        match &state.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(state.current.clone()),
-        }
+        outcome.map_err(|seen| self.waited_for(seen, started.elapsed()))
     }
 
     /// Why the tree cannot be snapshotted for the moment (a file kept changing while it was
@@ -544,12 +548,19 @@ impl Live {
 
     /// The current snapshot of a subdirectory (a `/`-separated path below the project root),
     /// named by its own hash and served from now on, for this and every later snapshot.
+    ///
+    /// The subtree is taken from the current snapshot and registered under one lock: from the
+    /// moment it is answered, every snapshot served (that one included) serves it too.
     pub fn sync_subtree(&self, rel: &str, timeout: Duration) -> Result<Snapshot, String> {
         let rel = rel.trim_matches('/').as_bytes().to_vec();
-        let whole = self.sync(timeout)?;
-        match whole.subtree(&rel, None) {
+        self.settle(timeout)?;
+        let mut state = self.shared.state.write().unwrap();
+        if let Some(e) = &state.error {
+            return Err(e.clone());
+        }
+        match state.current.subtree(&rel, None) {
             Ok(Some(sub)) if matches!(sub.tree(), crate::tree::Node::Dir(_)) => {
-                self.shared.state.write().unwrap().subtrees.insert(rel);
+                state.subtrees.insert(rel);
                 Ok(sub)
             }
             Ok(_) => Err(format!(
@@ -938,5 +949,62 @@ impl Updater {
         c.last_update_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(cookie_dir: Option<PathBuf>) -> Config {
+        Config {
+            filter: Filter::All,
+            name: None,
+            settle: Duration::from_millis(10),
+            keep: 2,
+            cookie_dir,
+        }
+    }
+
+    #[test]
+    fn callers_that_gave_up_leave_no_cookie_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let project = t.path().join("p");
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(project.join("f"), "f").unwrap();
+        let cookies = t.path().join("cookies");
+        let (tx, _rx) = mpsc::channel();
+        let live = Live::start(&project, config(Some(cookies.clone())), None, tx).unwrap();
+        // Callers that give up before the watcher could deliver their cookie.
+        let gave_up = (0..100)
+            .filter(|_| live.sync(Duration::ZERO).is_err())
+            .count();
+        assert!(gave_up > 0, "no caller gave up: the test shows nothing");
+        // One that waits: every cookie before it has been through the updater by then.
+        live.sync(Duration::from_secs(10)).unwrap();
+        assert_eq!(live.shared.cookies.waiting.lock().unwrap().len(), 0);
+        assert_eq!(std::fs::read_dir(&cookies).unwrap().count(), 0);
+        let names: Vec<_> = std::fs::read_dir(&project).unwrap().collect();
+        assert_eq!(names.len(), 1, "the project was written: {names:?}");
+    }
+
+    #[test]
+    fn a_cookie_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let cookies = t.path().join("cookies");
+        std::fs::create_dir(&cookies).unwrap();
+        std::fs::set_permissions(&cookies, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let e = Live::start(t.path(), config(Some(cookies.clone())), None, tx)
+            .err()
+            .expect("a shared cookie directory was used");
+        assert!(e.to_string().contains("not a private directory"), "{e}");
+        // A link where the directory should be is not followed either.
+        std::fs::remove_dir(&cookies).unwrap();
+        std::fs::create_dir(t.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &cookies).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        assert!(Live::start(t.path(), config(Some(cookies)), None, tx).is_err());
     }
 }

@@ -281,3 +281,42 @@ fn an_edit_through_a_hard_link_inotify_never_reports_is_seen() {
     assert_eq!(fs::read_to_string(third.join("b/shared")).unwrap(), "two\n");
     assert_eq!(basename(&third), sb.hash(&p));
 }
+
+#[test]
+fn path_sub_answers_every_edit_made_inside_it_before_the_call() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    write(&p.join("e/f"), "start");
+    write(&p.join("e/deep/g"), "start");
+    let d = Daemon::start(&sb, &p, &[]);
+    let sub =
+        |sb: &Sandbox| PathBuf::from(sb.ok(&["path", "--sub", "e", p.to_str().unwrap()]).trim());
+    for i in 0..150 {
+        // In place, by rename, deeper down, and outside the subtree, in turns.
+        let content = format!("v{i}");
+        match i % 4 {
+            0 => fs::write(p.join("e/f"), &content).unwrap(),
+            1 => {
+                fs::write(p.join("e/.f.tmp"), &content).unwrap();
+                fs::rename(p.join("e/.f.tmp"), p.join("e/f")).unwrap();
+            }
+            2 => fs::write(p.join("e/deep/g"), &content).unwrap(),
+            _ => fs::write(p.join("README"), &content).unwrap(),
+        }
+        let answer = sub(&sb);
+        let (f, g) = (
+            fs::read_to_string(answer.join("f")).unwrap(),
+            fs::read_to_string(answer.join("deep/g")).unwrap(),
+        );
+        assert_eq!(
+            (f, g),
+            (
+                fs::read_to_string(p.join("e/f")).unwrap(),
+                fs::read_to_string(p.join("e/deep/g")).unwrap()
+            ),
+            "round {i}: {} is not the subtree as it was before the call",
+            answer.display()
+        );
+        assert_eq!(basename(&answer), sb.hash(&p.join("e")), "round {i}");
+    }
+}
