@@ -526,7 +526,7 @@ impl Live {
                 }
                 _ => false,
             };
-            if !st.is_some_and(|st| st.st_nlink > 1) {
+            if st.is_none_or(|st| st.st_nlink <= 1) {
                 forget.push(rel.clone());
             }
             if !same {

@@ -207,7 +207,7 @@ fn hash_open(file: &mut fs::File, expected: Option<Stamp>) -> io::Result<Attempt
         stamp,
         executable: exec_of_stat(&st),
         racy: racy_at(stamp, start),
-        links: st.st_nlink as u64,
+        links: st.st_nlink,
     }))
 }
 

@@ -288,7 +288,7 @@ fn path_sub_answers_every_edit_made_inside_it_before_the_call() {
     let p = project(&sb);
     write(&p.join("e/f"), "start");
     write(&p.join("e/deep/g"), "start");
-    let d = Daemon::start(&sb, &p, &[]);
+    let _daemon = Daemon::start(&sb, &p, &[]);
     let sub =
         |sb: &Sandbox| PathBuf::from(sb.ok(&["path", "--sub", "e", p.to_str().unwrap()]).trim());
     for i in 0..150 {

@@ -456,7 +456,7 @@ impl Shared<'_> {
             };
             kind = kind_of(FileType::from_raw_mode(s.st_mode as _));
             if kind == Kind::File {
-                note_links(self.links, &job.child_rel(name), s.st_nlink as u64);
+                note_links(self.links, &job.child_rel(name), s.st_nlink);
             }
             st = Some(s);
         }
