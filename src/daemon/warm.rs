@@ -7,13 +7,13 @@
 //! and the build finds every entry cached. The kernel's dentry cache belongs to the filesystem,
 //! not to one mount, so the clone the hook stages for the sandbox shares what the walk built.
 //!
-//! The walk runs on a thread of its own (never a FUSE worker: it is one of their clients), lists
+//! The walk runs on threads of its own (never a FUSE worker: it is one of their clients), lists
 //! directories only (`READDIRPLUS` hands over every entry's attributes), and stops as soon as a
 //! newer snapshot is asked for: a build that starts early just shares the work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Walks snapshot directories in the background, newest request first.
 pub struct Warmer {
@@ -64,32 +64,60 @@ impl Warmer {
     }
 }
 
-/// Lists every directory below `root`, depth first, until `cancelled`; how many it listed.
-fn walk(root: &std::path::Path, cancelled: impl Fn() -> bool) -> u64 {
+/// Walkers: two keep both FUSE workers busy (each listing is one round trip to the daemon).
+const WALKERS: usize = 2;
+
+/// Lists every directory below `root` until `cancelled`; how many it listed.
+fn walk(root: &Path, cancelled: impl Fn() -> bool + Sync) -> u64 {
     let started = std::time::Instant::now();
-    let mut dirs = vec![root.to_path_buf()];
-    let mut listed = 0u64;
-    while let Some(dir) = dirs.pop() {
-        if cancelled() {
-            tracing::debug!(
-                "warming {} cancelled after {listed} directories",
-                root.display()
-            );
-            return listed;
+    // Directories to list, and how many are being listed (whose children may still come).
+    let work = Mutex::new((vec![root.to_path_buf()], 0usize));
+    let changed = Condvar::new();
+    let listed = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..WALKERS {
+            s.spawn(|| loop {
+                let dir = {
+                    let mut w = work.lock().unwrap();
+                    loop {
+                        if cancelled() {
+                            changed.notify_all();
+                            return;
+                        }
+                        if let Some(d) = w.0.pop() {
+                            w.1 += 1;
+                            break d;
+                        }
+                        if w.1 == 0 {
+                            changed.notify_all();
+                            return;
+                        }
+                        w = changed.wait(w).unwrap();
+                    }
+                };
+                let mut found = Vec::new();
+                // A directory gone (superseded and unpinned) has nothing left to warm.
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    listed.fetch_add(1, Ordering::Relaxed);
+                    found.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+                let mut w = work.lock().unwrap();
+                w.0.extend(found);
+                w.1 -= 1;
+                changed.notify_all();
+            });
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue; // gone (superseded and unpinned): nothing to warm
-        };
-        listed += 1;
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(entry.path());
-            }
-        }
-    }
+    });
+    let listed = listed.into_inner();
     tracing::debug!(
-        "warmed {} ({listed} directories) in {:?}",
+        "warmed {} ({listed} directories{}) in {:?}",
         root.display(),
+        if cancelled() { ", then cancelled" } else { "" },
         started.elapsed()
     );
     listed
