@@ -231,26 +231,29 @@ fn a_path_during_a_long_update_waits_for_it() {
     let sb = Sandbox::new();
     let p = project(&sb);
     let d = Daemon::start(&sb, &p, &[]);
-    // Hashing 6 GiB of holes takes longer here than `path` used to wait for anything.
-    let size = 6u64 << 30;
-    fs::File::create(p.join("disk.img"))
-        .unwrap()
-        .set_len(size)
-        .unwrap();
-    let started = Instant::now();
-    let out = sb.run(&["path", p.to_str().unwrap()]);
-    let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "path failed after {took:?}: {}",
-        support::stderr(&out)
-    );
-    let err = support::stderr(&out);
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert_eq!(fs::metadata(path.join("disk.img")).unwrap().len(), size);
-    assert_eq!(path.parent().unwrap(), d.mountpoint);
-    if took > Duration::from_secs(5) {
-        assert!(err.contains("waiting"), "a long wait said nothing: {err:?}");
+    // `path` used to give up after 10 s whatever the daemon was doing. A sparse file costs no
+    // disk but all of its length to hash: grown until hashing it takes clearly longer than
+    // that here, every answer waited for.
+    let disk = fs::File::create(p.join("disk.img")).unwrap();
+    let mut size = 16u64 << 30;
+    loop {
+        disk.set_len(size).unwrap();
+        let started = Instant::now();
+        let out = sb.run(&["path", p.to_str().unwrap()]);
+        let took = started.elapsed();
+        let err = support::stderr(&out);
+        assert!(out.status.success(), "path failed after {took:?}: {err}");
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert_eq!(path.parent().unwrap(), d.mountpoint);
+        assert_eq!(fs::metadata(path.join("disk.img")).unwrap().len(), size);
+        if took > Duration::from_secs(5) {
+            assert!(err.contains("waiting"), "a long wait said nothing: {err:?}");
+        }
+        if took > Duration::from_secs(14) {
+            break;
+        }
+        assert!(size < 1 << 40, "hashing {size} bytes never took long here");
+        size *= 2;
     }
 }
 
