@@ -715,12 +715,17 @@ impl Shared {
     }
 }
 
+/// Adds a watch for every directory a walk enters. It holds the watcher weakly: the updater
+/// keeps the hook, and a watcher it kept alive would keep its own queue open, so a dropped view
+/// would never stop.
 fn dir_hook(watcher: &Arc<Mutex<notify::RecommendedWatcher>>) -> crate::DirHook {
-    let watcher = watcher.clone();
+    let watcher = Arc::downgrade(watcher);
     Arc::new(move |path: &Path| {
+        let Some(watcher) = watcher.upgrade() else {
+            return Ok(()); // the view is being dropped; nothing will read the events
+        };
+        let mut watcher = watcher.lock().unwrap();
         watcher
-            .lock()
-            .unwrap()
             .watch(path, RecursiveMode::NonRecursive)
             .map_err(|e| watch_error(path, e))
     })
@@ -986,6 +991,27 @@ mod tests {
         assert_eq!(std::fs::read_dir(&cookies).unwrap().count(), 0);
         let names: Vec<_> = std::fs::read_dir(&project).unwrap().collect();
         assert_eq!(names.len(), 1, "the project was written: {names:?}");
+    }
+
+    #[test]
+    fn a_dropped_view_stops_and_takes_its_cookie_directory_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let project = t.path().join("p");
+        std::fs::create_dir_all(&project).unwrap();
+        let cookies = t.path().join("cookies");
+        let (tx, _rx) = mpsc::channel();
+        let live = Live::start(&project, config(Some(cookies.clone())), None, tx).unwrap();
+        live.sync(Duration::from_secs(10)).unwrap();
+        let shared = Arc::downgrade(&live.shared);
+        drop(live);
+        for _ in 0..200 {
+            if shared.upgrade().is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(shared.upgrade().is_none(), "the updater outlived its view");
+        assert!(!cookies.exists(), "the cookie directory was left behind");
     }
 
     #[test]
