@@ -14,7 +14,6 @@
 //! # Ok::<(), srcstore::Error>(())
 //! ```
 
-pub mod control;
 pub mod daemon;
 mod error;
 pub mod hook;

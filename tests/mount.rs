@@ -594,7 +594,8 @@ fn a_snapshot_asked_for_is_walked_before_a_build_comes_unless_warming_is_off() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(warmed, dirs, "every directory of the snapshot, once");
+    // Every directory (a walk cancelled by a newer `path` may have listed some twice).
+    assert!(warmed >= dirs, "{warmed} of {dirs} directories warmed");
     drop(d);
 
     let sb = Sandbox::new();

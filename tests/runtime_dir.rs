@@ -142,7 +142,7 @@ fn a_client_never_believes_a_daemon_of_another_user() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let ours = srcstore::control::socket_path(&xdg.join("srcstore"), &p);
+    let ours = srcstore::daemon::paths::socket_path(&xdg.join("srcstore"), &p);
     std::os::unix::fs::symlink(&sock, &ours).unwrap();
     let out = srcstore_as(
         DEV,

@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = srcstore::control::parse(data);
+    let _ = srcstore::daemon::parse(data);
 });

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::exit;
-use srcstore::control::{self, Client, Request, Response};
+use srcstore::daemon::{paths, Client, Request, Response};
 
 /// Sends one request to the daemon serving `dir` (or a parent of it).
 pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Response)> {
@@ -14,13 +14,13 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         None => std::env::current_dir().context("current directory")?,
     };
     let runtime = runtime_dir(false)?;
-    let Some(project) = control::find_project(&runtime, &start) else {
+    let Some(project) = paths::find_project(&runtime, &start) else {
         return Err(exit::not_running(format!(
             "{}: no srcstore daemon serves this directory or a parent; start one in the project with `srcstore mount --allow-other`",
             start.display()
         )));
     };
-    let socket = control::socket_path(&runtime, &project);
+    let socket = paths::socket_path(&runtime, &project);
     let mut client = connect(&socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => {
             exit::refused(format!("{}: {e}", project.display()))
@@ -45,16 +45,16 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
 }
 
 /// This user's runtime directory, checked (and made, if `create`): see
-/// [`control::private_runtime_dir`]. A missing one is returned too: nothing is served from it.
+/// [`paths::private_runtime_dir`]. A missing one is returned too: nothing is served from it.
 pub fn runtime_dir(create: bool) -> anyhow::Result<PathBuf> {
-    match control::private_runtime_dir(create) {
+    match paths::private_runtime_dir(create) {
         Ok(dir) => Ok(dir),
-        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(control::runtime_dir()),
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(paths::runtime_dir()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(exit::refused(format!(
             "{}: {e}",
-            control::runtime_dir().display()
+            paths::runtime_dir().display()
         ))),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", control::runtime_dir().display())),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", paths::runtime_dir().display())),
     }
 }
 

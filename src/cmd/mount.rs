@@ -9,8 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use srcstore::control::{self, Request, Response};
-use srcstore::live::{Config, Event as LiveEvent, Live, Stopped};
+use srcstore::daemon::{self, paths};
+use srcstore::live::{Config, Live, Stopped};
 use srcstore::{index, Filter};
 
 #[derive(clap::Args, Clone)]
@@ -134,9 +134,9 @@ impl Server {
         let runtime = super::daemon::runtime_dir(true)?;
         let mountpoint = match &args.mountpoint {
             Some(m) => std::path::absolute(m)?,
-            None => control::default_mountpoint(&runtime, &dir, &name),
+            None => paths::default_mountpoint(&runtime, &dir, &name),
         };
-        let lock = DaemonLock::acquire(&control::lock_path(&runtime, &dir), &dir, &mountpoint)?;
+        let lock = DaemonLock::acquire(&paths::lock_path(&runtime, &dir), &dir, &mountpoint)?;
         check_allow_other(args.allow_other)?;
         check_fuse()?;
         let mut made = Made::default();
@@ -162,13 +162,24 @@ impl Server {
             settle: Duration::from_millis(args.settle_ms),
             keep: args.keep,
             // Beside the lock we hold: this daemon's alone, and outside the project.
-            cookie_dir: Some(control::lock_path(&runtime, &dir).with_extension("cookies")),
+            cookie_dir: Some(paths::lock_path(&runtime, &dir).with_extension("cookies")),
         };
         let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
         forward(live_rx, stop_tx.clone(), Stop::Live);
         save_index(index_path.as_deref(), &dir, filter, &live);
 
-        let socket = control::socket_path(&runtime, &dir);
+        // From the moment the socket answers, a signal is a request to stop, never a kill.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])?;
+        let signal_tx = stop_tx.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = signal_tx.send(Stop::Signal);
+            }
+        });
+        let socket = paths::socket_path(&runtime, &dir);
         let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
         let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
         made.socket = Some(socket.clone());
@@ -177,14 +188,14 @@ impl Server {
             true => None,
             false => Some(Arc::new(srcstore::daemon::Warmer::start()?)),
         };
-        let handler = Arc::new(DaemonHandler {
-            live: live.clone(),
-            mountpoint: mountpoint.clone(),
+        let handler = Arc::new(daemon::LiveHandler::new(
+            live.clone(),
+            mountpoint.clone(),
             warmer,
-        });
+        ));
         std::thread::Builder::new()
             .name("srcstore-accept".into())
-            .spawn(move || control::serve(listener, handler))?;
+            .spawn(move || daemon::serve(listener, handler))?;
 
         let options = srcstore_fuse::Options {
             allow_other: args.allow_other,
@@ -204,16 +215,6 @@ impl Server {
             },
         )
         .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])?;
-        let signal_tx = stop_tx.clone();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                let _ = signal_tx.send(Stop::Signal);
-            }
-        });
         tracing::info!(
             "serving {}",
             mountpoint.join(live.current().basename()).display()
@@ -305,152 +306,6 @@ fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
             tracing::warn!("{e}");
         }
     }
-}
-
-/// How long `path` waits for the watcher to see its cookie.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct DaemonHandler {
-    live: Arc<Live>,
-    mountpoint: PathBuf,
-    /// Walks a snapshot someone is about to build (a `path` answer, a `watch` run).
-    warmer: Option<Arc<srcstore::daemon::Warmer>>,
-}
-
-impl DaemonHandler {
-    fn warm(&self, snapshot: &Path) {
-        if let Some(w) = &self.warmer {
-            w.warm(snapshot.to_path_buf());
-        }
-    }
-}
-
-impl control::Handler for DaemonHandler {
-    fn handle(&self, request: Request) -> Response {
-        let (live, mountpoint) = (&self.live, &self.mountpoint);
-        let ok = |r: Response| Response { ok: true, ..r };
-        match request {
-            Request::Path { sub } => {
-                let snapshot = match sub {
-                    Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
-                    None => live.sync(SYNC_TIMEOUT),
-                };
-                match snapshot {
-                    Ok(s) => {
-                        let path = mountpoint.join(s.basename());
-                        self.warm(&path);
-                        ok(Response {
-                            path: Some(path.display().to_string()),
-                            ..Default::default()
-                        })
-                    }
-                    Err(e) => Response::error(e),
-                }
-            }
-            Request::Status => ok(Response {
-                status: Some(status(
-                    live,
-                    mountpoint,
-                    self.warmer.as_ref().map_or(0, |w| w.listed()),
-                )),
-                ..Default::default()
-            }),
-            Request::Pin {
-                basename,
-                lease_secs,
-                until_gone,
-            } => match live.find(&basename) {
-                Some(s) => ok(Response {
-                    pin: Some(live.pin(
-                        s,
-                        lease_secs.map(Duration::from_secs),
-                        until_gone.map(PathBuf::from),
-                    )),
-                    ..Default::default()
-                }),
-                None => Response::error("superseded by newer edits and not pinned"),
-            },
-            Request::Unpin { id } => match live.unpin(id) {
-                true => ok(Response::default()),
-                false => Response::error(format!("no pin {id}")),
-            },
-            Request::Subscribe => Response::error("subscribe is answered by the connection"),
-        }
-    }
-
-    fn subscribe(&self) -> mpsc::Receiver<Response> {
-        let events = self.live.subscribe();
-        let (tx, rx) = mpsc::channel();
-        let mountpoint = self.mountpoint.clone();
-        let warmer = self.warmer.clone();
-        std::thread::spawn(move || {
-            for event in events {
-                let (kind, path) = match event {
-                    LiveEvent::Snapshot(name) => {
-                        let path = mountpoint.join(name);
-                        if let Some(w) = &warmer {
-                            w.warm(path.clone());
-                        }
-                        ("snapshot", path)
-                    }
-                    LiveEvent::ReadFailed { path, .. } => ("read_failed", path),
-                };
-                let r = Response {
-                    ok: true,
-                    event: Some(kind.into()),
-                    path: Some(path.display().to_string()),
-                    ..Default::default()
-                };
-                if tx.send(r).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    }
-}
-
-fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value {
-    let current = live.current();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    current.tree().visit(&mut |_, node| {
-        if let srcstore::tree::Node::File(f) = node {
-            files += 1;
-            bytes += f.size();
-        }
-    });
-    let c = live.counters();
-    serde_json::json!({
-        "project": live.dir().display().to_string(),
-        "pid": std::process::id(),
-        "mountpoint": mountpoint.display().to_string(),
-        "current": mountpoint.join(current.basename()).display().to_string(),
-        "snapshots": live.served().iter().map(|s| s.basename()).collect::<Vec<_>>(),
-        "pins": live.pins(),
-        "files": files,
-        "bytes": bytes,
-        "updates": c.updates,
-        "last_update_ms": c.last_update_us as f64 / 1000.0,
-        "rescans": c.rescans,
-        "stale_reads": c.stale_reads,
-        "torn_reads": c.torn_reads,
-        "warmed_dirs": warmed_dirs,
-        "rss_bytes": rss_bytes(),
-        "updating": live.busy().map(|(entries, running)| serde_json::json!({
-            "entries": entries,
-            "seconds": running.as_secs_f64(),
-        })),
-    })
-}
-
-fn rss_bytes() -> u64 {
-    let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * rustix::param::page_size() as u64
 }
 
 /// One daemon per project: an exclusive `flock` held for the daemon's life, with the holder's

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use srcstore::control::Request;
+use srcstore::daemon::Request;
 
 #[derive(clap::Args)]
 pub struct Args {

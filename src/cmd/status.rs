@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use srcstore::control::Request;
+use srcstore::daemon::Request;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use srcstore::control::{self, Request, Response};
+use srcstore::daemon::{paths, Request, Response};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,7 +39,7 @@ const RUN_LEASE: Duration = Duration::from_secs(24 * 3600);
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = std::fs::canonicalize(&args.dir).with_context(|| args.dir.display().to_string())?;
     let runtime = super::daemon::runtime_dir(false)?;
-    let in_process = match control::find_project(&runtime, &dir) {
+    let in_process = match paths::find_project(&runtime, &dir) {
         Some(_) => None,
         None => Some(start_daemon(&dir)?),
     };
@@ -66,8 +66,8 @@ fn watch(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     let socket = {
         let runtime = super::daemon::runtime_dir(false)?;
-        let project = control::find_project(&runtime, dir).context("the daemon went away")?;
-        control::socket_path(&runtime, &project)
+        let project = paths::find_project(&runtime, dir).context("the daemon went away")?;
+        paths::socket_path(&runtime, &project)
     };
     let events = super::daemon::connect(&socket)?.subscribe()?;
     let daemon_tx = tx.clone();

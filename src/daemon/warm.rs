@@ -37,11 +37,11 @@ impl Warmer {
                         request = newer;
                     }
                     let (generation, dir) = request;
-                    // A walk of what was just walked finds everything cached: skip it.
+                    // A walk of what was just walked whole finds everything cached: skip it.
                     if last.as_ref() != Some(&dir) {
-                        let n = walk(&dir, || current.load(Ordering::Relaxed) != generation);
-                        count.fetch_add(n, Ordering::Relaxed);
-                        last = Some(dir);
+                        let cancelled = || current.load(Ordering::Relaxed) != generation;
+                        count.fetch_add(walk(&dir, cancelled), Ordering::Relaxed);
+                        last = (!cancelled()).then_some(dir);
                     }
                 }
             })?;

@@ -22,7 +22,7 @@ pub use mountinfo::{view_mounts, ViewMount};
 pub use refs::{references, refusal_block, sandbox_block, Reference, STABLE_SRC};
 pub use stage::{sweep, STAGE_ROOT};
 
-use crate::control::{self, Client, Request, PROTOCOL_VERSION};
+use crate::daemon::{paths, Client, Request, PROTOCOL_VERSION};
 use crate::nix::drv;
 
 /// With the build's chroot to watch, a pin outlives it only by this much at most.
@@ -213,7 +213,7 @@ fn serving_daemon(path: &Path) -> Option<u64> {
             None => 0,
         },
     };
-    control::check_private_dir(Path::new(runtime), uid).ok()?;
+    paths::check_private_dir(Path::new(runtime), uid).ok()?;
     fs::read_dir(runtime).ok()?.flatten().find_map(|entry| {
         let socket = entry.path();
         if socket.extension()? != "sock" {

@@ -270,7 +270,8 @@ mod tests {
         let refusal = HookError::new("/tmp/a\n/root=x", "refused");
         let block = refusal_block(&refusal);
         let lines: Vec<&str> = block.lines().collect();
-        assert_eq!(lines.len(), 2, "{block}");
+        assert_eq!(lines.len(), 3, "{block}");
+        assert_eq!((lines[0], lines[2]), ("extra-sandbox-paths", ""));
         let (inside, outside) = lines[1].split_once('=').unwrap();
         assert_eq!(inside, "/srcstore/refused");
         assert!(
@@ -289,8 +290,9 @@ mod tests {
             let refs = references(&drv(&[("src", &named)]), &views);
             assert_eq!(refs.len(), 1);
             let err = sandbox_block(&refs, &["/stage/0".into()]).unwrap_err();
-            assert!(err.to_string().starts_with(&named), "{err}");
-            assert!(!err.to_string().contains('\n') || named.contains('\n'));
+            let shown = named.replace('\n', "\\n");
+            assert!(err.to_string().starts_with(&shown), "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
     }
 }

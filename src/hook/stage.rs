@@ -148,7 +148,7 @@ fn stage_root(create: bool) -> std::io::Result<PathBuf> {
             _ => {}
         }
     }
-    crate::control::check_private_dir(&root, 0)?;
+    crate::daemon::paths::check_private_dir(&root, 0)?;
     Ok(root)
 }
 

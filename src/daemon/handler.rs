@@ -1,0 +1,165 @@
+//! What a daemon answers, from its live view: the current snapshot (after every change made
+//! before the request), status, pins, and a stream of events.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use super::{Handler, Request, Response, Warmer};
+use crate::live::{Event as LiveEvent, Live};
+
+/// How long `path` waits for the watcher to see its cookie.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon's answers, from its live view.
+pub struct LiveHandler {
+    live: Arc<Live>,
+    mountpoint: PathBuf,
+    /// Walks a snapshot someone is about to build (a `path` answer, a `watch` run).
+    warmer: Option<Arc<Warmer>>,
+}
+
+impl LiveHandler {
+    pub fn new(live: Arc<Live>, mountpoint: PathBuf, warmer: Option<Arc<Warmer>>) -> Self {
+        LiveHandler {
+            live,
+            mountpoint,
+            warmer,
+        }
+    }
+
+    fn warm(&self, snapshot: &Path) {
+        if let Some(w) = &self.warmer {
+            w.warm(snapshot.to_path_buf());
+        }
+    }
+}
+
+impl Handler for LiveHandler {
+    fn handle(&self, request: Request) -> Response {
+        let (live, mountpoint) = (&self.live, &self.mountpoint);
+        let ok = |r: Response| Response { ok: true, ..r };
+        match request {
+            Request::Path { sub } => {
+                let snapshot = match sub {
+                    Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
+                    None => live.sync(SYNC_TIMEOUT),
+                };
+                match snapshot {
+                    Ok(s) => {
+                        let path = mountpoint.join(s.basename());
+                        self.warm(&path);
+                        ok(Response {
+                            path: Some(path.display().to_string()),
+                            ..Default::default()
+                        })
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Status => ok(Response {
+                status: Some(status(
+                    live,
+                    mountpoint,
+                    self.warmer.as_ref().map_or(0, |w| w.listed()),
+                )),
+                ..Default::default()
+            }),
+            Request::Pin {
+                basename,
+                lease_secs,
+                until_gone,
+            } => match live.find(&basename) {
+                Some(s) => ok(Response {
+                    pin: Some(live.pin(
+                        s,
+                        lease_secs.map(Duration::from_secs),
+                        until_gone.map(PathBuf::from),
+                    )),
+                    ..Default::default()
+                }),
+                None => Response::error("superseded by newer edits and not pinned"),
+            },
+            Request::Unpin { id } => match live.unpin(id) {
+                true => ok(Response::default()),
+                false => Response::error(format!("no pin {id}")),
+            },
+            Request::Subscribe => Response::error("subscribe is answered by the connection"),
+        }
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<Response> {
+        let events = self.live.subscribe();
+        let (tx, rx) = mpsc::channel();
+        let mountpoint = self.mountpoint.clone();
+        let warmer = self.warmer.clone();
+        std::thread::spawn(move || {
+            for event in events {
+                let (kind, path) = match event {
+                    LiveEvent::Snapshot(name) => {
+                        let path = mountpoint.join(name);
+                        if let Some(w) = &warmer {
+                            w.warm(path.clone());
+                        }
+                        ("snapshot", path)
+                    }
+                    LiveEvent::ReadFailed { path, .. } => ("read_failed", path),
+                };
+                let r = Response {
+                    ok: true,
+                    event: Some(kind.into()),
+                    path: Some(path.display().to_string()),
+                    ..Default::default()
+                };
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value {
+    let current = live.current();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    current.tree().visit(&mut |_, node| {
+        if let crate::tree::Node::File(f) = node {
+            files += 1;
+            bytes += f.size();
+        }
+    });
+    let c = live.counters();
+    serde_json::json!({
+        "project": live.dir().display().to_string(),
+        "pid": std::process::id(),
+        "mountpoint": mountpoint.display().to_string(),
+        "current": mountpoint.join(current.basename()).display().to_string(),
+        "snapshots": live.served().iter().map(|s| s.basename()).collect::<Vec<_>>(),
+        "pins": live.pins(),
+        "files": files,
+        "bytes": bytes,
+        "updates": c.updates,
+        "last_update_ms": c.last_update_us as f64 / 1000.0,
+        "rescans": c.rescans,
+        "stale_reads": c.stale_reads,
+        "torn_reads": c.torn_reads,
+        "warmed_dirs": warmed_dirs,
+        "rss_bytes": rss_bytes(),
+        "updating": live.busy().map(|(entries, running)| serde_json::json!({
+            "entries": entries,
+            "seconds": running.as_secs_f64(),
+        })),
+    })
+}
+
+fn rss_bytes() -> u64 {
+    let statm = fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}

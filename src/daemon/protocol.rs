@@ -1,0 +1,131 @@
+//! The control protocol's messages (`docs/control-protocol.md`): one JSON object per line each
+//! way. Every request carries `"v"`; a daemon answers a version it does not speak with a
+//! refusal that says which one it speaks, never a guess.
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line a daemon reads; anything longer is refused.
+pub(super) const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The current snapshot, including every change made before the request.
+    Path {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
+    },
+    Status,
+    /// Keep a served snapshot until unpinned, the lease runs out, or `until_gone` (a path)
+    /// no longer exists.
+    Pin {
+        basename: String,
+        lease_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_gone: Option<String>,
+    },
+    Unpin {
+        id: u64,
+    },
+    /// Stream events on this connection from now on, one response per line: a new current
+    /// snapshot (`event: "snapshot"`, `path`) or a read that failed because a file changed
+    /// (`event: "read_failed"`, `path` of the file).
+    Subscribe,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// With a refusal of a request's protocol version: the version this daemon speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaks: Option<u32>,
+}
+
+impl Response {
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses one request line; a malformed or foreign-version one gets the refusal to send back.
+/// Never panics, whatever the bytes.
+pub fn parse(line: &[u8]) -> Result<Request, Box<Response>> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    match serde_json::from_slice::<Version>(line) {
+        Ok(Version {
+            v: PROTOCOL_VERSION,
+        }) => {}
+        Ok(Version { v }) => {
+            return Err(Box::new(Response {
+                speaks: Some(PROTOCOL_VERSION),
+                ..Response::error(format!(
+                    "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
+                ))
+            }))
+        }
+        Err(e) => return Err(Box::new(Response::error(format!("bad request: {e}")))),
+    }
+    serde_json::from_slice::<Envelope<Request>>(line)
+        .map(|e| e.body)
+        .map_err(|e| Box::new(Response::error(format!("bad request: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_and_malformed_ones_refused() {
+        assert!(matches!(
+            parse(br#"{"v":1,"op":"status"}"#),
+            Ok(Request::Status)
+        ));
+        assert!(matches!(
+            parse(br#"{"v":1,"op":"path","sub":"pkg/foo"}"#),
+            Ok(Request::Path { sub: Some(s) }) if s == "pkg/foo"
+        ));
+        let r = parse(br#"{"v":2,"op":"status"}"#).unwrap_err();
+        assert!(r.error.unwrap().contains("version 2"));
+        assert_eq!(
+            r.speaks,
+            Some(PROTOCOL_VERSION),
+            "a refusal says what would do"
+        );
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            br#"{"op":"status"}"#,
+            br#"{"v":1,"op":"nope"}"#,
+            b"\xff\xfe",
+            br#"{"v":1,"op":"pin"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

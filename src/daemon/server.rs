@@ -1,0 +1,78 @@
+//! The daemon side of the control socket: one thread per connection, answering only the
+//! daemon's own user and root (`SO_PEERCRED`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use super::protocol::{parse, Request, Response, MAX_LINE};
+
+/// What a daemon does with a request.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> Response;
+    /// Events for a [`Request::Subscribe`]r, until the receiver's sender is dropped.
+    fn subscribe(&self) -> std::sync::mpsc::Receiver<Response>;
+}
+
+/// Answers connections on `listener` from a thread each, until the listener is closed.
+pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
+    let me = rustix::process::geteuid().as_raw();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let handler = handler.clone();
+        let _ = std::thread::Builder::new()
+            .name("srcstore-control".into())
+            .spawn(move || {
+                if let Err(e) = converse(stream, me, &handler) {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+    }
+}
+
+fn converse(stream: UnixStream, me: u32, handler: &Arc<dyn Handler>) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+    if peer.uid.as_raw() != me && !peer.uid.is_root() {
+        let refusal = Response::error(format!(
+            "uid {} may not control this daemon",
+            peer.uid.as_raw()
+        ));
+        return write_response(&mut writer, &refusal);
+    }
+    let mut reader = BufReader::new(stream).take(MAX_LINE as u64 + 1);
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE {
+            return write_response(&mut writer, &Response::error("request too long"));
+        }
+        reader.set_limit(MAX_LINE as u64 + 1);
+        match parse(&line) {
+            Ok(Request::Subscribe) => {
+                let events = handler.subscribe();
+                write_response(
+                    &mut writer,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )?;
+                for event in events {
+                    write_response(&mut writer, &event)?;
+                }
+                return Ok(());
+            }
+            Ok(request) => write_response(&mut writer, &handler.handle(request))?,
+            Err(refusal) => write_response(&mut writer, &refusal)?,
+        }
+    }
+}
+
+fn write_response(w: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
