@@ -340,12 +340,25 @@ impl Live {
         let hook = dir_hook(&watcher);
         hook(&cookies.dir.path)?;
         let links = crate::scan::Links::default();
-        let snapshot = Scanner::new(dir, config.filter)
-            .name(config.name.clone())
-            .previous(previous)
-            .on_dir(hook.clone())
-            .links(links.clone())
-            .scan()?;
+        // A file that keeps changing while the first scan hashes it is waited for a little, as
+        // an update waits for a burst to settle; one that never stops is reported.
+        let mut attempt = 0;
+        let snapshot = loop {
+            let scan = Scanner::new(dir, config.filter)
+                .name(config.name.clone())
+                .previous(previous.clone())
+                .on_dir(hook.clone())
+                .links(links.clone())
+                .scan();
+            match scan {
+                Err(e) if e.is_transient() && attempt < 8 && dir.is_dir() => {
+                    tracing::debug!("{e}; scanning again once it settles");
+                    std::thread::sleep(Duration::from_millis(50 << attempt.min(4)));
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
         hook(dir)?;
         // The repository's `info/exclude` is in no snapshot, but its rules decide what is.
         let exclude_dir = dir.join(".git/info");
@@ -502,30 +515,38 @@ impl Live {
     /// queued as changed, ahead of the cookie that follows. Ones that are gone or down to one
     /// link are forgotten (a later walk notes them again if they gain one).
     fn recheck_links(&self) {
-        let links: Vec<Vec<u8>> = self.shared.links.lock().unwrap().iter().cloned().collect();
+        let mut links: Vec<Vec<u8>> = self.shared.links.lock().unwrap().iter().cloned().collect();
         if links.is_empty() {
             return;
         }
+        links.sort_unstable(); // a directory's files together: it is opened once
         let current = self.current();
         let mut forget = Vec::new();
+        let mut dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
         for rel in links {
+            // Only a file of the snapshot can be stale in it; one no longer there (or left out)
+            // is noted again by the walk that takes it back.
+            let Some(Node::File(f)) = current.tree().find(&rel) else {
+                forget.push(rel);
+                continue;
+            };
             let (parent, base) = crate::scan::split(&rel);
-            let here: &[u8] = if parent.is_empty() { b"." } else { parent };
-            let st = crate::read::open_dir_at(current.root().fd(), here)
-                .ok()
-                .and_then(|d| rustix::fs::statat(&d, base, AtFlags::SYMLINK_NOFOLLOW).ok())
+            if dir.as_ref().is_none_or(|(p, _)| p.as_slice() != parent) {
+                let here: &[u8] = if parent.is_empty() { b"." } else { parent };
+                let fd = crate::read::open_dir_at(current.root().fd(), here).ok();
+                dir = Some((parent.to_vec(), fd));
+            }
+            let st = (dir.as_ref().and_then(|(_, fd)| fd.as_ref()))
+                .and_then(|d| rustix::fs::statat(d, base, AtFlags::SYMLINK_NOFOLLOW).ok())
                 .filter(|st| {
                     rustix::fs::FileType::from_raw_mode(st.st_mode as _)
                         == rustix::fs::FileType::RegularFile
                 });
-            let same = match (&st, current.tree().find(&rel)) {
-                (Some(st), Some(Node::File(f))) => {
-                    !f.racy
-                        && f.stamp == crate::read::stamp_of_stat(st)
-                        && f.executable == crate::read::exec_of_stat(st)
-                }
-                _ => false,
-            };
+            let same = st.as_ref().is_some_and(|st| {
+                !f.racy
+                    && f.stamp == crate::read::stamp_of_stat(st)
+                    && f.executable == crate::read::exec_of_stat(st)
+            });
             if st.is_none_or(|st| st.st_nlink <= 1) {
                 forget.push(rel.clone());
             }
