@@ -323,3 +323,35 @@ fn path_sub_answers_every_edit_made_inside_it_before_the_call() {
         assert_eq!(basename(&answer), sb.hash(&p.join("e")), "round {i}");
     }
 }
+
+#[test]
+fn a_read_that_fails_its_proof_brings_its_file_into_the_next_path() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let first = d.path(&sb);
+    // A second name made after the file was scanned: nothing tells the daemon it has one.
+    fs::create_dir_all(sb.path("outside")).unwrap();
+    fs::hard_link(p.join("src/main.c"), sb.path("outside/main.c")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    fs::write(sb.path("outside/main.c"), "int main(void) { return 8; }\n").unwrap();
+    let _unseen = d.path(&sb);
+    // The old snapshot's copy fails its proof: that alone is news of a change.
+    let e = fs::read(first.join("src/main.c")).expect_err("a changed file served old bytes");
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+    let after = d.path(&sb);
+    assert_eq!(
+        fs::read_to_string(after.join("src/main.c")).unwrap(),
+        "int main(void) { return 8; }\n",
+        "a failed proof was not followed by a look at the file"
+    );
+    assert_eq!(basename(&after), sb.hash(&p));
+    // Seen again, the file is known to have two names: the next edit needs no failed read.
+    std::thread::sleep(Duration::from_millis(100));
+    fs::write(sb.path("outside/main.c"), "int main(void) { return 9; }\n").unwrap();
+    let next = d.path(&sb);
+    assert_eq!(
+        fs::read_to_string(next.join("src/main.c")).unwrap(),
+        "int main(void) { return 9; }\n"
+    );
+}
