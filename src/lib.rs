@@ -13,6 +13,7 @@
 //! println!("{}", snap.basename());
 //! # Ok::<(), srcstore::Error>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod daemon;
 mod error;

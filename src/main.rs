@@ -1,4 +1,5 @@
 //! The `srcstore` command: a thin layer over the engine in `lib.rs`.
+#![forbid(unsafe_code)]
 
 mod cmd;
 

@@ -11,6 +11,7 @@
 //! read only on a page-cache miss, so [`Source::read`] must prove every byte it returns.
 //! Directories are listed with their entries' attributes (`READDIRPLUS`), so a walk over a
 //! cold view costs no `LOOKUP` per entry.
+#![forbid(unsafe_code)]
 
 mod attr;
 mod fs;
