@@ -338,7 +338,6 @@ impl Live {
         .map_err(|e| watch_error(dir, e))?;
         let watcher = Arc::new(Mutex::new(watcher));
         let hook = dir_hook(&watcher);
-        hook(&cookies.dir.path)?;
         let links = crate::scan::Links::default();
         // A file that keeps changing while the first scan hashes it is waited for a little, as
         // an update waits for a burst to settle; one that never stops is reported.
@@ -360,6 +359,8 @@ impl Live {
             }
         };
         hook(dir)?;
+        // After the project's: a watch limit reached is then, most likely, named for the project.
+        hook(&cookies.dir.path)?;
         // The repository's `info/exclude` is in no snapshot, but its rules decide what is.
         let exclude_dir = dir.join(".git/info");
         if config.filter == Filter::Ignore && exclude_dir.is_dir() {
