@@ -1,6 +1,5 @@
 use std::collections::HashSet;
 use std::fs;
-use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -9,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use srcstore::daemon::{self, paths};
+use srcstore::daemon::{self, paths, prepare_mountpoint, DaemonLock, StartError};
 use srcstore::live::{Config, Live, Stopped};
 use srcstore::{index, Filter};
 
@@ -136,7 +135,11 @@ impl Server {
             Some(m) => std::path::absolute(m)?,
             None => paths::default_mountpoint(&runtime, &dir, &name),
         };
-        let lock = DaemonLock::acquire(&paths::lock_path(&runtime, &dir), &dir, &mountpoint)?;
+        let lock = DaemonLock::acquire(&paths::lock_path(&runtime, &dir), &dir, &mountpoint)
+            .map_err(|e| match e {
+                e @ StartError::AlreadyServed { .. } => super::exit::refused(e),
+                e => e.into(),
+            })?;
         check_allow_other(args.allow_other)?;
         check_fuse()?;
         let mut made = Made::default();
@@ -308,71 +311,6 @@ fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
     }
 }
 
-/// One daemon per project: an exclusive `flock` held for the daemon's life, with the holder's
-/// pid and mountpoint written inside for the message a second daemon gives.
-struct DaemonLock(#[allow(dead_code)] fs::File);
-
-impl DaemonLock {
-    fn acquire(path: &Path, dir: &Path, mountpoint: &Path) -> anyhow::Result<DaemonLock> {
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| path.display().to_string())?;
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(super::exit::refused(format!(
-                "{}: already served by another srcstore daemon ({}); stop it first",
-                dir.display(),
-                holder.trim()
-            )));
-        }
-        file.set_len(0)?;
-        file.rewind()?;
-        write!(
-            file,
-            "pid {}, mounted at {}",
-            std::process::id(),
-            mountpoint.display()
-        )?;
-        Ok(DaemonLock(file))
-    }
-}
-
-/// A daemon killed with -9 leaves its mount behind, answering ENOTCONN: detach it. Whether the
-/// mountpoint had to be made.
-fn prepare_mountpoint(mountpoint: &Path) -> anyhow::Result<bool> {
-    if let Err(e) = fs::metadata(mountpoint) {
-        if e.raw_os_error() == Some(libc_enotconn()) {
-            tracing::info!(
-                "{}: repairing the mount of a daemon that died",
-                mountpoint.display()
-            );
-            let status = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(mountpoint)
-                .status()
-                .context("running fusermount3 (install fuse3)")?;
-            if !status.success() {
-                bail!(
-                    "{}: stale mount could not be removed; run `fusermount3 -u -z {}`",
-                    mountpoint.display(),
-                    mountpoint.display()
-                );
-            }
-        }
-    }
-    let made = !mountpoint.exists();
-    fs::create_dir_all(mountpoint).with_context(|| mountpoint.display().to_string())?;
-    if fs::read_dir(mountpoint)?.next().is_some() {
-        bail!("{}: mountpoint is not empty", mountpoint.display());
-    }
-    Ok(made)
-}
-
 /// What a FUSE mount needs from the machine, checked up front so that a failure names its
 /// cause and its fix rather than the mount library's.
 fn check_fuse() -> anyhow::Result<()> {
@@ -394,10 +332,6 @@ fn check_fuse() -> anyhow::Result<()> {
         bail!("fusermount3: not found; a user's FUSE mount needs it: install fuse3");
     }
     Ok(())
-}
-
-fn libc_enotconn() -> i32 {
-    rustix::io::Errno::NOTCONN.raw_os_error()
 }
 
 fn check_allow_other(allow_other: bool) -> anyhow::Result<()> {

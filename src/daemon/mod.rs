@@ -4,6 +4,8 @@
 //!   checking whom it talks to (`SO_PEERCRED`);
 //! - `handler`: the answers, from the engine's live view (the one place requests meet `Live`);
 //! - `paths`: the runtime directory policy (default places, and that one is its user's own);
+//! - `start`: what a daemon claims and repairs on its way up (the project's lock, a dead
+//!   daemon's mount);
 //! - `warm`: walking a snapshot before the build that asked for it comes.
 //!
 //! Nothing here knows FUSE: the binary assembles a daemon from this layer, the engine's `Live`
@@ -14,10 +16,12 @@ mod handler;
 pub mod paths;
 mod protocol;
 mod server;
+mod start;
 mod warm;
 
 pub use client::Client;
 pub use handler::LiveHandler;
 pub use protocol::{parse, Envelope, Request, Response, PROTOCOL_VERSION};
 pub use server::{serve, Handler};
+pub use start::{prepare_mountpoint, DaemonLock, StartError};
 pub use warm::Warmer;
