@@ -605,3 +605,37 @@ fn a_snapshot_asked_for_is_walked_before_a_build_comes_unless_warming_is_off() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(d.status(&sb)["warmed_dirs"], 0);
 }
+
+#[test]
+fn a_path_asked_while_the_daemon_starts_waits_for_it_and_gets_a_mounted_snapshot() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    // A first scan that takes a while: a large sparse file is hashed whole.
+    let big = fs::File::create(p.join("sparse")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    let mountpoint = sb.path("mnt");
+    let mut child = sb
+        .cmd()
+        .args(["mount", "--allow-other", "--mountpoint"])
+        .arg(&mountpoint)
+        .arg(&p)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the daemon holds the project (its lock), while its first scan runs: one `path`.
+    let runtime = std::path::PathBuf::from("/run/srcstore");
+    let project = fs::canonicalize(&p).unwrap();
+    let lock = srcstore::daemon::paths::lock_path(&runtime, &project);
+    support::wait_for("the daemon's lock", || {
+        fs::read_to_string(&lock).is_ok_and(|l| l.contains(&format!("pid {}", child.id())))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = sb.run(&["path", p.to_str().unwrap()]);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let served = out.status.success() && Path::new(&answer).join("src/main.c").exists();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(served, "path during the start: {}", support::stderr(&out));
+}

@@ -146,32 +146,8 @@ impl Server {
         if prepare_mountpoint(&mountpoint)? {
             made.mountpoint = Some(mountpoint.clone());
         }
-
-        let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
-        let previous = index_path
-            .as_deref()
-            .and_then(|p| match index::load(p, &dir, filter) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!("{e}; discarding it");
-                    None
-                }
-            });
-        let (stop_tx, stop_rx) = mpsc::channel();
-        let (live_tx, live_rx) = mpsc::channel();
-        let config = Config {
-            filter,
-            name: Some(name),
-            settle: Duration::from_millis(args.settle_ms),
-            keep: args.keep,
-            // Beside the lock we hold: this daemon's alone, and outside the project.
-            cookie_dir: Some(paths::lock_path(&runtime, &dir).with_extension("cookies")),
-        };
-        let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
-        forward(live_rx, stop_tx.clone(), Stop::Live);
-        save_index(index_path.as_deref(), &dir, filter, &live);
-
         // From the moment the socket answers, a signal is a request to stop, never a kill.
+        let (stop_tx, stop_rx) = mpsc::channel();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
@@ -182,58 +158,97 @@ impl Server {
                 let _ = signal_tx.send(Stop::Signal);
             }
         });
+        // The socket answers as soon as the project is ours; requests wait for the rest.
         let socket = paths::socket_path(&runtime, &dir);
         let _ = fs::remove_file(&socket); // we hold the lock: any socket left is a dead daemon's
         let listener = UnixListener::bind(&socket).with_context(|| socket.display().to_string())?;
         made.socket = Some(socket.clone());
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
-        let warmer = match args.no_warm {
-            true => None,
-            false => Some(Arc::new(srcstore::daemon::Warmer::start()?)),
-        };
-        let handler = Arc::new(daemon::LiveHandler::new(
-            live.clone(),
-            mountpoint.clone(),
-            warmer,
-        ));
+        let starting = Arc::new(daemon::Starting::default());
+        let serving = starting.clone();
         std::thread::Builder::new()
             .name("srcstore-accept".into())
-            .spawn(move || daemon::serve(listener, handler))?;
+            .spawn(move || daemon::serve(listener, serving))?;
+        let up = (move || -> anyhow::Result<(Server, Arc<daemon::LiveHandler>)> {
+            let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
+            let previous = index_path
+                .as_deref()
+                .and_then(|p| match index::load(p, &dir, filter) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!("{e}; discarding it");
+                        None
+                    }
+                });
+            let (live_tx, live_rx) = mpsc::channel();
+            let config = Config {
+                filter,
+                name: Some(name),
+                settle: Duration::from_millis(args.settle_ms),
+                keep: args.keep,
+                // Beside the lock we hold: this daemon's alone, and outside the project.
+                cookie_dir: Some(paths::lock_path(&runtime, &dir).with_extension("cookies")),
+            };
+            let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
+            forward(live_rx, stop_tx.clone(), Stop::Live);
+            save_index(index_path.as_deref(), &dir, filter, &live);
 
-        let options = srcstore_fuse::Options {
-            allow_other: args.allow_other,
-            threads: args.threads,
-            // The hook finds daemons in the mount table by this: see srcstore::nix::hook.
-            fsname: format!("srcstore:{}", socket.display()),
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-        };
-        let unmounted_tx = stop_tx.clone();
-        let mounted = srcstore_fuse::mount(
-            super::view::LiveView(live.clone()),
-            &mountpoint,
-            &options,
-            move || {
-                let _ = unmounted_tx.send(Stop::Unmounted);
-            },
-        )
-        .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
-        tracing::info!(
-            "serving {}",
-            mountpoint.join(live.current().basename()).display()
-        );
-        Ok(Server {
-            dir,
-            filter,
-            mountpoint,
-            index_path,
-            live,
-            mounted,
-            stop_tx,
-            stop_rx,
-            made,
-            _lock: lock,
-        })
+            let warmer = match args.no_warm {
+                true => None,
+                false => Some(Arc::new(srcstore::daemon::Warmer::start()?)),
+            };
+            let handler = Arc::new(daemon::LiveHandler::new(
+                live.clone(),
+                mountpoint.clone(),
+                warmer,
+            ));
+
+            let options = srcstore_fuse::Options {
+                allow_other: args.allow_other,
+                threads: args.threads,
+                // The hook finds daemons in the mount table by this: see srcstore::nix::hook.
+                fsname: format!("srcstore:{}", socket.display()),
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            };
+            let unmounted_tx = stop_tx.clone();
+            let mounted = srcstore_fuse::mount(
+                super::view::LiveView(live.clone()),
+                &mountpoint,
+                &options,
+                move || {
+                    let _ = unmounted_tx.send(Stop::Unmounted);
+                },
+            )
+            .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
+            tracing::info!(
+                "serving {}",
+                mountpoint.join(live.current().basename()).display()
+            );
+            let server = Server {
+                dir,
+                filter,
+                mountpoint,
+                index_path,
+                live,
+                mounted,
+                stop_tx,
+                stop_rx,
+                made,
+                _lock: lock,
+            };
+            Ok((server, handler))
+        })();
+        match up {
+            Ok((server, handler)) => {
+                starting.up(handler);
+                Ok(server)
+            }
+            Err(e) => {
+                starting.failed(format!("{e:#}"));
+                Err(e)
+            }
+        }
     }
 
     /// Stops a server running [`Server::wait`] on another thread.

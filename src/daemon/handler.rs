@@ -163,3 +163,72 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0);
     pages * rustix::param::page_size() as u64
 }
+
+/// How long a request waits for a daemon that is still starting.
+const START_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// A daemon's answers while it starts: the socket answers from the moment the lock is held, and
+/// a request waits until the daemon is up (its first scan done, its view mounted), so a `path`
+/// right after `srcstore mount &` gets the snapshot rather than "no daemon". A start that fails
+/// hands its reason to whoever waits.
+#[derive(Default)]
+pub struct Starting {
+    state: std::sync::Mutex<StartState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+enum StartState {
+    #[default]
+    Starting,
+    Up(Arc<dyn Handler>),
+    Failed(String),
+}
+
+impl Starting {
+    /// The daemon is up: requests go to `handler` from now on.
+    pub fn up(&self, handler: Arc<dyn Handler>) {
+        *self.state.lock().unwrap() = StartState::Up(handler);
+        self.changed.notify_all();
+    }
+
+    /// The daemon will not come up, for `why`.
+    pub fn failed(&self, why: String) {
+        *self.state.lock().unwrap() = StartState::Failed(why);
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) -> Result<Arc<dyn Handler>, Box<Response>> {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, START_TIMEOUT, |s| matches!(s, StartState::Starting))
+            .unwrap();
+        match &*state {
+            StartState::Up(h) => Ok(h.clone()),
+            StartState::Failed(why) => Err(Box::new(Response::error(format!(
+                "the daemon did not start: {why}"
+            )))),
+            StartState::Starting => Err(Box::new(Response::error(format!(
+                "the daemon is still starting after {}s (its first scan of the project); try again",
+                START_TIMEOUT.as_secs()
+            )))),
+        }
+    }
+}
+
+impl Handler for Starting {
+    fn handle(&self, request: Request) -> Response {
+        match self.wait() {
+            Ok(h) => h.handle(request),
+            Err(refusal) => *refusal,
+        }
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<Response> {
+        match self.wait() {
+            Ok(h) => h.subscribe(),
+            Err(_) => mpsc::channel().1,
+        }
+    }
+}

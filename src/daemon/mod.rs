@@ -20,7 +20,7 @@ mod start;
 mod warm;
 
 pub use client::Client;
-pub use handler::LiveHandler;
+pub use handler::{LiveHandler, Starting};
 pub use protocol::{parse, Envelope, Request, Response, PROTOCOL_VERSION};
 pub use server::{serve, Handler};
 pub use start::{prepare_mountpoint, DaemonLock, StartError};
