@@ -69,6 +69,18 @@ pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedF
     )?)
 }
 
+/// The permission bits of `rel` (a relative path) below the directory `dir`, the entry itself
+/// never followed if it is a link, and nothing on the way to it through one.
+pub(crate) fn mode_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<u32> {
+    let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (Some(open_dir_at(dir, &rel[..i])?), &rel[i + 1..]),
+        None => (None, rel),
+    };
+    let at = parent.as_ref().map_or(dir, |p| p.as_fd());
+    let st = rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(st.st_mode & 0o7777)
+}
+
 /// Opens the file `name` (one component, or a relative path) below the directory `dir` for
 /// reading, never through a symlink. Non-blocking, so that a fifo that took a regular file's
 /// place opens (and is then refused by its type) rather than waiting for a writer.

@@ -109,6 +109,36 @@ impl Snapshot {
         self.root.path()
     }
 
+    /// Entries of the snapshot that other users could not read in the working tree (a file
+    /// without `o+r`, a directory without `o+rx`): how many, and the first `show` of them.
+    /// Through a view mounted `--allow-other` every local user reads them, as the store would.
+    pub fn closed_to_others(&self, show: usize) -> (usize, Vec<String>) {
+        let (mut count, mut first) = (0, Vec::new());
+        let prefix = self.prefix().to_vec();
+        self.tree.visit(&mut |rel, node| {
+            let needs = match node {
+                Node::Dir(_) if rel.is_empty() => return,
+                Node::Dir(_) => 0o005,
+                Node::File(_) => 0o004,
+                Node::Symlink(_) => return, // a link's own mode means nothing
+            };
+            let mut path = prefix.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(rel);
+            let closed =
+                crate::read::mode_at(self.root.fd(), &path).is_ok_and(|mode| mode & needs != needs);
+            if closed {
+                count += 1;
+                if first.len() < show {
+                    first.push(String::from_utf8_lossy(&path).into_owned());
+                }
+            }
+        });
+        (count, first)
+    }
+
     pub(crate) fn root(&self) -> &Root {
         &self.root
     }

@@ -639,3 +639,37 @@ fn a_path_asked_while_the_daemon_starts_waits_for_it_and_gets_a_mounted_snapshot
     let _ = child.wait();
     assert!(served, "path during the start: {}", support::stderr(&out));
 }
+
+#[test]
+fn allow_other_warns_once_of_files_other_users_could_not_read() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    assert!(
+        !d.log_text().contains("other users cannot read"),
+        "a project open to all was warned about: {}",
+        d.log_text()
+    );
+    drop(d);
+
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    write(&p.join("secret/key"), "k");
+    support::chmod(&p.join("secret"), 0o700);
+    support::chmod(&p.join("src/main.c"), 0o600);
+    let d = Daemon::start(&sb, &p, &[]);
+    let log = d.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("other users cannot read"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("2 entries")
+            && warned[0].contains("secret")
+            && warned[0].contains("src/main.c")
+            && warned[0].contains(".srcstoreignore"),
+        "{log}"
+    );
+    support::chmod(&p.join("secret"), 0o755);
+}

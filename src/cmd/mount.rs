@@ -190,6 +190,9 @@ impl Server {
                 cookie_dir: Some(paths::lock_path(&runtime, &dir).with_extension("cookies")),
             };
             let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
+            if args.allow_other {
+                warn_closed_to_others(&live.current());
+            }
             forward(live_rx, stop_tx.clone(), Stop::Live);
             save_index(index_path.as_deref(), &dir, filter, &live);
 
@@ -323,6 +326,20 @@ fn save_index(path: Option<&Path>, dir: &Path, filter: Filter, live: &Live) {
         if let Err(e) = index::save(p, dir, filter, live.current().tree()) {
             tracing::warn!("{e}");
         }
+    }
+}
+
+/// With `--allow-other` every local user reads the whole snapshot through the view, whatever
+/// the working tree's modes say: said once, at start, when the project holds such files.
+fn warn_closed_to_others(snapshot: &srcstore::Snapshot) {
+    let (count, first) = snapshot.closed_to_others(3);
+    if count > 0 {
+        tracing::warn!(
+            "{}: {count} entries other users cannot read in the working tree ({}{}) are readable by every local user through the view (--allow-other), as they would be in the store; keep them out of snapshots with .srcstoreignore",
+            snapshot.dir().display(),
+            first.join(", "),
+            if count > first.len() { ", …" } else { "" }
+        );
     }
 }
 
