@@ -1,0 +1,620 @@
+//! Findings of a security review of the pre-build hook, the control socket's client and
+//! `nix setup`, each reproduced against the real binary and real FUSE. A test here fails while
+//! the hole it shows is open.
+//!
+//! Run as root. Each test runs its body in a private mount namespace of its own (`unshare -m`),
+//! so the views it mounts never reach the mount table of anything else on the machine. Where
+//! the attacker must be an ordinary user, the FUSE server runs as `srcstore-other`
+//! (scripts/setup-machine makes the user).
+
+mod support;
+#[path = "support/hostile.rs"]
+mod hostile;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hostile::{HostileView, PinServer, Serve, DECOY, HASH};
+use support::{chmod, own, stderr, uid_of, wait_for, Sandbox};
+
+const OTHER: &str = "srcstore-other";
+/// What the hook allows a daemon for its answer (`ANSWER_TIMEOUT` in src/hook/mod.rs).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the calling test's body in a private mount namespace: true inside it (run the body),
+/// false outside (the body ran and passed in the child, or this panics with its output).
+fn in_private_namespace(test: &str) -> bool {
+    if std::env::var("REVIEW_FINDINGS_INNER").as_deref() == Ok(test) {
+        return true;
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("REVIEW_FINDINGS_INNER", test)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{test}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    false
+}
+
+/// A sandbox ordinary users can walk into.
+fn open_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    chmod(sb.dir.path(), 0o755);
+    sb
+}
+
+/// A derivation naming `src`, written where the hook can read it (anyone can write one).
+fn drv_naming(sb: &Sandbox, name: &str, src: &str) -> PathBuf {
+    let out = "/nix/store/00000000000000000000000000000000-review";
+    let text = format!(
+        "Derive([(\"out\",\"{out}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[\"-c\",\"cat $src/file > $out\"],[(\"out\",\"{out}\"),(\"src\",\"{src}\")])"
+    );
+    let path = sb.path(&format!("{name}.drv"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The hook as Nix runs it, as root; the running child.
+fn spawn_hook(sb: &Sandbox, drv: &Path) -> Child {
+    sb.cmd()
+        .args(["nix", "hook"])
+        .arg(drv)
+        .arg(sb.path("no-such-chroot"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits up to `limit` for `child`; whether it exited, its peak resident size in KiB, and
+/// where in the kernel it waited when the time was up.
+fn finishes_within(child: &mut Child, limit: Duration) -> (bool, u64, String) {
+    let start = Instant::now();
+    let mut peak = 0;
+    while start.elapsed() < limit {
+        if let Ok(status) = fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak = kib;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            return (true, peak, String::new());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wchan = fs::read_to_string(format!("/proc/{}/wchan", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    (false, peak, wchan)
+}
+
+/// A hostile view served by a FUSE server running as `user` (this test binary, run again in
+/// helper mode): an ordinary user's mount, `user_id=<uid>` in the mount table.
+struct UsersView {
+    child: Child,
+    mountpoint: PathBuf,
+}
+
+impl UsersView {
+    /// Mounts, as `user`, a view at `mountpoint` (made, owned by `user`) naming `socket`.
+    fn mount(sb: &Sandbox, user: &str, mountpoint: &Path, socket: &Path) -> UsersView {
+        fs::create_dir_all(mountpoint).unwrap();
+        own(mountpoint, user, 0o755);
+        let exe = sb.path("helper-exe");
+        if !exe.exists() {
+            fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+            chmod(&exe, 0o755);
+        }
+        let child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--init-groups",
+            ])
+            .arg(&exe)
+            .args(["--exact", "zz_helper_a_users_hostile_view", "--nocapture"])
+            .env("REVIEW_HELPER_MOUNTPOINT", mountpoint)
+            .env("REVIEW_HELPER_SOCKET", socket)
+            .env("HOME", "/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let view = UsersView {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let listed = mountinfo_path(mountpoint);
+        wait_for("the user's view in the mount table", || {
+            fs::read("/proc/self/mountinfo")
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .any(|l| {
+                    l.split(|b| *b == b' ').nth(4) == Some(&listed[..])
+                        && String::from_utf8_lossy(l).contains(&format!("user_id={}", uid_of(user)))
+                })
+        });
+        view
+    }
+
+    fn snapshot(&self) -> PathBuf {
+        self.mountpoint.join(hostile::entry())
+    }
+}
+
+impl Drop for UsersView {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A path as /proc/self/mountinfo spells it (space, tab, newline, backslash as `\ooo`).
+fn mountinfo_path(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
+/// Helper mode of [`UsersView`]: mounts a view serving a directory, until stdin closes.
+/// Outside helper mode it does nothing.
+#[test]
+fn zz_helper_a_users_hostile_view() {
+    let (Some(mountpoint), Some(socket)) = (
+        std::env::var_os("REVIEW_HELPER_MOUNTPOINT"),
+        std::env::var_os("REVIEW_HELPER_SOCKET"),
+    ) else {
+        return;
+    };
+    let _view = HostileView::mount(Path::new(&mountpoint), Path::new(&socket), Serve::Dir);
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    std::process::exit(0);
+}
+
+/// A control socket of root's in a directory only root can enter, which records every byte
+/// any client sends it and answers each line with a granted pin: a root service no user may
+/// write to.
+struct RootsSocket {
+    path: PathBuf,
+    got: Arc<Mutex<Vec<u8>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RootsSocket {
+    fn start() -> RootsSocket {
+        let dir = tempfile::Builder::new()
+            .prefix("srcstore-review-root-only")
+            .tempdir_in("/run")
+            .unwrap();
+        chmod(dir.path(), 0o700);
+        let path = dir.path().join("service.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let record = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = Vec::new();
+                    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                        record.lock().unwrap().extend_from_slice(&line);
+                        line.clear();
+                        if writer.write_all(b"{\"ok\":true,\"pin\":1}\n").is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        RootsSocket {
+            path,
+            got,
+            _dir: dir,
+        }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.got.lock().unwrap()).into_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A plain FUSE mount of `user`'s (bindfs of a directory of theirs), nothing like a view,
+/// detached when dropped.
+struct UsersMount(PathBuf);
+
+impl UsersMount {
+    fn mount(sb: &Sandbox, user: &str, mountpoint: &Path) -> UsersMount {
+        let source = sb.path("users-files");
+        fs::create_dir_all(&source).unwrap();
+        own(&source, user, 0o755);
+        fs::create_dir_all(mountpoint).unwrap();
+        own(mountpoint, user, 0o755);
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--init-groups",
+                "bindfs",
+                "-o",
+                "ro",
+            ])
+            .arg(&source)
+            .arg(mountpoint)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bindfs: {}", stderr(&out));
+        UsersMount(mountpoint.to_path_buf())
+    }
+}
+
+impl Drop for UsersMount {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// hook/mod.rs `run`: the mount table is read with `fs::read_to_string(...).unwrap_or_default()`,
+/// and the kernel prints mountpoints as raw bytes: one mount anywhere at a directory whose name
+/// is not UTF-8 (any user's FUSE mount, here bindfs; a USB stick's label) makes the table
+/// unreadable as a `String`, so the hook sees no view at all. Every snapshot at a mountpoint
+/// of the user's choosing (`--mountpoint`) then gets no output and exit 0: the build runs
+/// without its source and without the hook's one-line refusal. (refs.rs `reference_at` has the
+/// same flaw a step later, `view.mountpoint.to_str()?` returning from the whole search.)
+#[test]
+fn a_mount_at_a_non_utf8_directory_hides_every_users_snapshot() {
+    if !in_private_namespace("a_mount_at_a_non_utf8_directory_hides_every_users_snapshot") {
+        return;
+    }
+    let sb = open_sandbox();
+    // A victim's view and daemon.
+    fs::create_dir(sb.path("mnt")).unwrap();
+    let pins = PinServer::start(&sb.path("victim.sock"));
+    let victim = HostileView::mount(&sb.path("mnt"), &pins.path, Serve::Dir);
+    assert_eq!(
+        fs::read_to_string(victim.snapshot().join("file")).unwrap(),
+        DECOY
+    );
+    let drv = drv_naming(&sb, "victim", victim.snapshot().to_str().unwrap());
+    let staged = |what: &str| {
+        let out = spawn_hook(&sb, &drv).wait_with_output().unwrap();
+        let block = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            block.contains(&format!("{}=/", victim.snapshot().display())),
+            format!(
+                "{what}: exit {:?}, stdout {block:?}, stderr {:?}",
+                out.status.code(),
+                stderr(&out)
+            ),
+        )
+    };
+    let (before, shown) = staged("without the other user's mount");
+    assert!(before, "{shown}");
+
+    // Another user's ordinary FUSE mount, at a directory named by a byte that is not UTF-8.
+    let odd = sb.path("odd").join(OsStr::from_bytes(b"\xff"));
+    let attacker = UsersMount::mount(&sb, OTHER, &odd);
+    let (during, shown) = staged("with it");
+    drop(attacker);
+    assert!(
+        during,
+        "another user's mount at a non-UTF-8 directory made the hook ignore the snapshot the \
+         derivation names ({shown}): the build would run without it"
+    );
+}
+
+/// client.rs `connect_within`: a peer running as root is believed whatever the view's owner,
+/// so a user whose view names a root service's socket makes the root hook connect to it (the
+/// socket's file mode never applies to root) and write a pin request into it; the service's
+/// answer is then taken for the daemon's, and the user's view is staged with no daemon of
+/// theirs involved.
+#[test]
+fn a_users_view_naming_a_root_socket_makes_root_write_to_it() {
+    if !in_private_namespace("a_users_view_naming_a_root_socket_makes_root_write_to_it") {
+        return;
+    }
+    let sb = open_sandbox();
+    let service = RootsSocket::start();
+    let view = UsersView::mount(&sb, OTHER, &sb.path("mnt"), &service.path);
+    let drv = drv_naming(&sb, "root-socket", view.snapshot().to_str().unwrap());
+    let out = spawn_hook(&sb, &drv).wait_with_output().unwrap();
+    let got = service.received();
+    assert!(
+        got.is_empty(),
+        "the root hook wrote {got:?} into a root-only socket that a view of uid {} named \
+         (hook exit {:?}, stdout {:?})",
+        uid_of(OTHER),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// hook/mod.rs `serving_daemon`: every `*.sock` entry of a user's own runtime directory is
+/// connected to by path, following symlinks, and a root peer is believed: an entry linking to
+/// a root service's socket makes the root hook write a status request into it.
+#[test]
+fn a_symlinked_socket_in_a_runtime_directory_makes_root_write_to_roots_socket() {
+    if !in_private_namespace(
+        "a_symlinked_socket_in_a_runtime_directory_makes_root_write_to_roots_socket",
+    ) {
+        return;
+    }
+    let sb = open_sandbox();
+    let service = RootsSocket::start();
+    // A user's fallback runtime directory (a uid no test uses, so no other run shares it).
+    let uid = 54000 + std::process::id() % 1000;
+    let runtime = PathBuf::from(format!("/tmp/srcstore-{uid}"));
+    let _ = fs::remove_dir_all(&runtime);
+    fs::create_dir(&runtime).unwrap();
+    std::os::unix::fs::symlink(&service.path, runtime.join("x.sock")).unwrap();
+    std::os::unix::fs::lchown(runtime.join("x.sock"), Some(uid), Some(uid)).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(uid), Some(uid)).unwrap();
+    chmod(&runtime, 0o700);
+    let named = runtime.join(format!("gone-1a2b3c4d/{HASH}-x"));
+    let drv = drv_naming(&sb, "runtime-link", named.to_str().unwrap());
+    let out = spawn_hook(&sb, &drv).wait_with_output().unwrap();
+    let _ = fs::remove_dir_all(&runtime);
+    let got = service.received();
+    assert!(
+        got.is_empty(),
+        "the root hook wrote {got:?} into a root-only socket that uid {uid}'s runtime \
+         directory linked to (hook stderr {:?})",
+        stderr(&out)
+    );
+}
+
+/// A socket that accepts, reads the request, then answers a line that never ends: a few
+/// bytes at a time (each read returns before the read timeout) or a stream.
+fn endless_answer(path: &Path, chunk: usize, every: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+    let listener = UnixListener::bind(path).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let stopped = stopped.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let mut writer = stream;
+                let bytes = vec![b'x'; chunk];
+                let _ = writer.write_all(b"{\"ok\":true,\"error\":\"");
+                while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    if writer.write_all(&bytes).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(every);
+                }
+            });
+        }
+    });
+    stop
+}
+
+/// client.rs `request`: `read_line` into a `String` with no bound, and a read timeout that
+/// only limits each `read`: a daemon that answers one endless line keeps the root hook (and
+/// so the build, and its build user) past the hook's ten seconds, its memory growing for as
+/// long as the daemon likes.
+#[test]
+fn an_endless_answer_keeps_the_root_hook_past_its_timeout_and_grows_it() {
+    if !in_private_namespace("an_endless_answer_keeps_the_root_hook_past_its_timeout_and_grows_it")
+    {
+        return;
+    }
+    let sb = open_sandbox();
+    let socket = sb.path("endless.sock");
+    // 1 MiB every 100 ms: gentle for the machine, and no read ever waits.
+    let stop = endless_answer(&socket, 1 << 20, Duration::from_millis(100));
+    fs::create_dir(sb.path("mnt")).unwrap();
+    let view = HostileView::mount(&sb.path("mnt"), &socket, Serve::Dir);
+    let drv = drv_naming(&sb, "endless", view.snapshot().to_str().unwrap());
+    let mut hook = spawn_hook(&sb, &drv);
+    let (finished, peak_kib, _) = finishes_within(&mut hook, ANSWER_TIMEOUT + Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        finished && peak_kib < 64 * 1024,
+        "the root hook, reading a daemon's endless answer, {} after {:?} with a peak of {} MiB",
+        if finished { "finished" } else { "was still reading" },
+        ANSWER_TIMEOUT + Duration::from_secs(5),
+        peak_kib / 1024
+    );
+}
+
+/// client.rs `connect_within`: the timeouts are set after `connect`, and a Unix stream
+/// `connect` to a listener whose backlog is full waits for as long as the socket's send
+/// timeout (none yet): a socket that never accepts hangs the root hook, and with it the
+/// build and its build user, for ever. The peer check comes after, so any user's socket
+/// does it.
+#[test]
+fn a_socket_that_never_accepts_hangs_the_root_hook() {
+    if !in_private_namespace("a_socket_that_never_accepts_hangs_the_root_hook") {
+        return;
+    }
+    let sb = open_sandbox();
+    let socket = sb.path("full.sock");
+    let path = std::ffi::CString::new(socket.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain socket calls on a descriptor of ours, with a valid address.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in path.as_bytes().iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        fd
+    };
+    // Fill the backlog (a connection nobody accepts), without waiting ourselves.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        // SAFETY: as above.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        let stream = unsafe {
+            use std::os::fd::FromRawFd;
+            UnixStream::from_raw_fd(fd)
+        };
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in path.as_bytes().iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: as above.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::connect(stream.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len)
+        };
+        fillers.push(stream);
+    }
+    fs::create_dir(sb.path("mnt")).unwrap();
+    let view = HostileView::mount(&sb.path("mnt"), &socket, Serve::Dir);
+    let drv = drv_naming(&sb, "full", view.snapshot().to_str().unwrap());
+    let mut hook = spawn_hook(&sb, &drv);
+    let limit = ANSWER_TIMEOUT + Duration::from_secs(10);
+    let (finished, _, wchan) = finishes_within(&mut hook, limit);
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(listener) };
+    assert!(
+        finished,
+        "the root hook was still connecting to a socket that never accepts after {limit:?} \
+         (waiting in {wchan})"
+    );
+}
+
+/// hook/refs.rs and hook/mod.rs: a view at a user's default place (`/tmp/srcstore-<uid>/…`)
+/// is believed whoever mounted it. When that directory is missing (a cleaned `/tmp`, a
+/// reboot), another user makes it, mounts a view of theirs where a derivation of the victim's
+/// names a snapshot, and builds that derivation (any user may build any `.drv` in the store):
+/// the hook stages the attacker's tree under the victim's hash, and the output lands in the
+/// shared store as the victim's derivation's.
+#[test]
+fn a_view_at_another_users_default_place_is_staged() {
+    if !in_private_namespace("a_view_at_another_users_default_place_is_staged") {
+        return;
+    }
+    let sb = open_sandbox();
+    // The victim's uid: one no test uses, so no other run shares its runtime directory.
+    let victim = 55000 + std::process::id() % 1000;
+    let runtime = PathBuf::from(format!("/tmp/srcstore-{victim}"));
+    let _ = fs::remove_dir_all(&runtime);
+    fs::create_dir(&runtime).unwrap();
+    own(&runtime, OTHER, 0o755);
+    let pins = sb.path("attacker.sock");
+    let _pins = {
+        let p = PinServer::start(&pins);
+        own(&pins, OTHER, 0o777);
+        p
+    };
+    // Stands in for the attacker's own daemon: the pin server answers as root here, which the
+    // hook accepts for any view.
+    let view = UsersView::mount(&sb, OTHER, &runtime.join("proj-1a2b3c4d"), &pins);
+    let drv = drv_naming(&sb, "victims", view.snapshot().to_str().unwrap());
+    let out = spawn_hook(&sb, &drv).wait_with_output().unwrap();
+    drop(view);
+    let _ = fs::remove_dir_all(&runtime);
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "a view of uid {} at uid {victim}'s default place was staged for a build naming it: {}",
+        uid_of(OTHER),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// cmd/setup.rs `check_root_only` checks the canonical directory, but `--apply` writes the
+/// path as given and names it in nix.conf and in the wrapper: through a symlink that lives in
+/// a directory a user can write, the check passes, and the user re-points the link afterwards
+/// so that nix-daemon, as root, runs the user's file as the hook.
+#[test]
+fn apply_through_a_users_symlink_lets_the_user_choose_what_root_runs() {
+    let sb = open_sandbox();
+    let root_only = tempfile::Builder::new()
+        .prefix("srcstore-review")
+        .tempdir_in("/run")
+        .unwrap();
+    chmod(root_only.path(), 0o755);
+    let real = root_only.path().join("etc-nix");
+    fs::create_dir(&real).unwrap();
+    chmod(&real, 0o755);
+    fs::write(real.join("nix.conf"), "sandbox = true\n").unwrap();
+    let fuse = sb.path("fuse.conf");
+    fs::write(&fuse, "user_allow_other\n").unwrap();
+    // A directory of the user's, holding a link to the root-only configuration directory.
+    let users = sb.path("users");
+    fs::create_dir(&users).unwrap();
+    own(&users, OTHER, 0o755);
+    let link = users.join("nix");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let out = sb
+        .cmd()
+        .env("NIX_CONF_DIR", &link)
+        .args(["nix", "setup", "--apply", "--fuse-conf"])
+        .arg(&fuse)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return; // refused: what it should do
+    }
+    let conf = fs::read_to_string(real.join("nix.conf")).unwrap();
+    let hook = conf
+        .lines()
+        .filter_map(|l| l.strip_prefix("pre-build-hook = "))
+        .last()
+        .unwrap()
+        .to_owned();
+    // The user re-points the link at a directory of theirs with a hook of theirs.
+    let evil = users.join("evil");
+    fs::create_dir(&evil).unwrap();
+    fs::write(evil.join("srcstore-pre-build-hook"), "#!/bin/sh\nid > /tmp/owned\n").unwrap();
+    own(&evil, OTHER, 0o755);
+    own(&evil.join("srcstore-pre-build-hook"), OTHER, 0o755);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&evil, &link).unwrap();
+    let runs = fs::metadata(&hook).map(|m| m.uid());
+    assert!(
+        !matches!(runs, Ok(uid) if uid != 0),
+        "nix.conf says `pre-build-hook = {hook}`, which is now a file of uid {:?}: root runs \
+         what the user wrote",
+        runs
+    );
+}
