@@ -706,9 +706,10 @@ impl Live {
         let result = self.shared.reader.read(rel, file, offset, size);
         if let Err(e) = &result {
             let (path, torn) = match e {
-                ReadError::Stale(p) => (p, false),
+                // An I/O error is counted and logged like a file that changed: the reader
+                // gets EIO either way, and the file is looked at again.
+                ReadError::Stale(p) | ReadError::Io(p, _) => (p, false),
                 ReadError::Torn(p) => (p, true),
-                ReadError::Io(..) => return result,
             };
             let counter = if torn {
                 &self.shared.counters.torn_reads

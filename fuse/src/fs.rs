@@ -209,8 +209,9 @@ impl<S: Source> Filesystem for View<S> {
         }
     }
 
-    /// Nothing is ever written, so there is nothing to flush (answered, so that the library
-    /// does not log every `close` as a request it does not know).
+    /// Nothing is ever written, so there is nothing to flush. ENOSYS, answered here without the
+    /// library's warning, tells the kernel never to send one again: answering "done" instead
+    /// would cost a round trip on every `close`.
     fn flush(
         &self,
         _req: &Request,
@@ -219,10 +220,11 @@ impl<S: Source> Filesystem for View<S> {
         _lock_owner: LockOwner,
         reply: fuser::ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
-    /// A snapshot holds no extended attributes (Nix stores none).
+    /// A snapshot holds no extended attributes (Nix stores none); ENOSYS, as for `flush`, stops
+    /// the kernel asking.
     fn getxattr(
         &self,
         _req: &Request,
@@ -231,15 +233,11 @@ impl<S: Source> Filesystem for View<S> {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
