@@ -42,6 +42,11 @@ fn in_private_namespace(test: &str) -> bool {
         .env("REVIEW_FINDINGS_INNER", test)
         .output()
         .unwrap();
+    // The body's hook runs left stagings of builds whose chroot never existed: one more run,
+    // for a derivation naming nothing, sweeps them.
+    let sb = Sandbox::new();
+    let plain = drv_naming(&sb, "plain", "/nix/store/00000000000000000000000000000000-plain");
+    let _ = spawn_hook(&sb, &plain).wait_with_output();
     assert!(
         out.status.success(),
         "{test}:\n{}\n{}",
@@ -616,5 +621,170 @@ fn apply_through_a_users_symlink_lets_the_user_choose_what_root_runs() {
         "nix.conf says `pre-build-hook = {hook}`, which is now a file of uid {:?}: root runs \
          what the user wrote",
         runs
+    );
+}
+
+/// A view that serves a directory under every snapshot-shaped name it is asked for.
+struct ManyFs {
+    names: Mutex<Vec<Vec<u8>>>,
+}
+
+impl ManyFs {
+    fn dir_attr(ino: u64) -> fuser::FileAttr {
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(1);
+        fuser::FileAttr {
+            ino: fuser::INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: fuser::FileType::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            blksize: 4096,
+        }
+    }
+}
+
+impl fuser::Filesystem for ManyFs {
+    fn lookup(
+        &self,
+        _req: &fuser::Request,
+        parent: fuser::INodeNo,
+        name: &OsStr,
+        reply: fuser::ReplyEntry,
+    ) {
+        if parent.0 != 1 || !name.as_bytes().ends_with(b"-x") {
+            return reply.error(fuser::Errno::ENOENT);
+        }
+        let mut names = self.names.lock().unwrap();
+        let i = match names.iter().position(|n| n == name.as_bytes()) {
+            Some(i) => i,
+            None => {
+                names.push(name.as_bytes().to_vec());
+                names.len() - 1
+            }
+        };
+        reply.entry(&Duration::ZERO, &ManyFs::dir_attr(2 + i as u64), fuser::Generation(0));
+    }
+
+    fn getattr(
+        &self,
+        _req: &fuser::Request,
+        ino: fuser::INodeNo,
+        _fh: Option<fuser::FileHandle>,
+        reply: fuser::ReplyAttr,
+    ) {
+        reply.attr(&Duration::ZERO, &ManyFs::dir_attr(ino.0));
+    }
+}
+
+/// hook/mod.rs `run` and stage.rs: every snapshot a derivation names costs root one mount in
+/// nix-daemon's mount namespace (and the sandbox three binds of it), with no bound, and the
+/// mounts stay until the build is over. A user's derivation naming tens of thousands of paths
+/// of a view of theirs (a few MiB of environment) fills that namespace towards `fs.mount-max`
+/// (100000 by default): every sandbox Nix then makes for anyone copies them, and once the
+/// limit is reached the binds of every other build, and the hook's own stagings, fail.
+#[test]
+fn one_derivation_can_make_root_mount_without_bound() {
+    if !in_private_namespace("one_derivation_can_make_root_mount_without_bound") {
+        return;
+    }
+    let sb = open_sandbox();
+    let pins = PinServer::start(&sb.path("many.sock"));
+    let mountpoint = sb.path("many");
+    fs::create_dir(&mountpoint).unwrap();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("srcstore:{}", pins.path.display())),
+    ];
+    config.acl = fuser::SessionACL::All;
+    let session = fuser::Session::new(
+        ManyFs {
+            names: Mutex::new(Vec::new()),
+        },
+        &mountpoint,
+        &config,
+    )
+    .unwrap();
+    std::thread::spawn(move || session.run());
+    const NAMED: usize = 300;
+    let paths: Vec<String> = (0..NAMED)
+        .map(|i| format!("{}/{i:032}-x", mountpoint.display()))
+        .collect();
+    let out = "/nix/store/00000000000000000000000000000000-review";
+    let text = format!(
+        "Derive([(\"out\",\"{out}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[],[(\"out\",\"{out}\"),(\"src\",\"{}\"),(\"more\",\"{}\")])",
+        paths[0],
+        paths[1..].join(" ")
+    );
+    let drv = sb.path("many.drv");
+    fs::write(&drv, text).unwrap();
+    let result = spawn_hook(&sb, &drv).wait_with_output().unwrap();
+    let block = String::from_utf8_lossy(&result.stdout);
+    let mut slots: Vec<&str> = block
+        .lines()
+        .filter_map(|l| l.split_once("=/run/srcstore-hook/").map(|(_, s)| s))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    assert!(
+        slots.len() <= 64,
+        "one derivation made the root hook mount {} staged snapshots ({} sandbox lines), with \
+         no bound",
+        slots.len(),
+        block.lines().count()
+    );
+}
+
+/// cmd/setup.rs `write_atomically`: the temporary file has a fixed name beside the target and
+/// is opened with `File::create` (follows a symlink, truncates), and `--undo` writes nix.conf
+/// without `check_root_only`. In a configuration directory a user can write, the user plants
+/// `.nix.conf.srcstore-tmp` as a link to any file: root truncates and overwrites that file,
+/// then renames the link over nix.conf.
+#[test]
+fn undo_writes_through_a_planted_temporary_link() {
+    let sb = open_sandbox();
+    let root_only = tempfile::Builder::new()
+        .prefix("srcstore-review")
+        .tempdir_in("/run")
+        .unwrap();
+    let precious = root_only.path().join("precious");
+    fs::write(&precious, "root's own bytes\n").unwrap();
+    let conf = sb.path("users-conf");
+    fs::create_dir(&conf).unwrap();
+    fs::write(
+        conf.join("nix.conf"),
+        "sandbox = true\n# BEGIN srcstore: added by `srcstore nix setup --apply`; `srcstore nix setup --undo` removes it\npre-build-hook = /x\n# END srcstore\n",
+    )
+    .unwrap();
+    own(&conf, OTHER, 0o755);
+    own(&conf.join("nix.conf"), OTHER, 0o644);
+    // Planted by the user who owns the directory.
+    std::os::unix::fs::symlink(&precious, conf.join(".nix.conf.srcstore-tmp")).unwrap();
+    let fuse = sb.path("fuse.conf");
+    fs::write(&fuse, "user_allow_other\n").unwrap();
+    let out = sb
+        .cmd()
+        .env("NIX_CONF_DIR", &conf)
+        .args(["nix", "setup", "--undo", "--fuse-conf"])
+        .arg(&fuse)
+        .output()
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(&precious).unwrap(),
+        "root's own bytes\n",
+        "`nix setup --undo` (exit {:?}) wrote through a link a user planted beside nix.conf",
+        out.status.code()
     );
 }
