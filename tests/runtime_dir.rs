@@ -209,7 +209,14 @@ fn a_hook_run_by_a_user_prints_the_checked_path_itself_and_stages_nothing() {
     // Single-user Nix run by a user runs the hook as that user, whose sandbox can bind only
     // what the user can read: the checked path needs no root-only clone.
     let (sb, p) = world(DEV);
-    let xdg = sb.path("xdg");
+    // A runtime directory below directories only root and the user can write, as
+    // /run/user/<uid> is: the hook believes a user's view only in such a place.
+    let above = tempfile::Builder::new()
+        .prefix("srcstore-test")
+        .tempdir_in("/run")
+        .unwrap();
+    support::chmod(above.path(), 0o755);
+    let xdg = above.path().join("xdg");
     fs::create_dir_all(&xdg).unwrap();
     own(&xdg, DEV, 0o700);
     let env = [("XDG_RUNTIME_DIR", xdg.to_str().unwrap())];

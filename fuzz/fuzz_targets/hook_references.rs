@@ -6,7 +6,7 @@ use srcstore::{hook, nix::drv::Derivation};
 
 libfuzzer_sys::fuzz_target!(|data: (&str, &str)| {
     let (mountinfo, value) = data;
-    let views = hook::view_mounts(mountinfo);
+    let views = hook::view_mounts(mountinfo.as_bytes());
     let d = Derivation {
         env: vec![("src".into(), value.into())],
         ..Default::default()

@@ -28,6 +28,35 @@ pub fn run(cmd: Nix) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long the hook may take in all. A FUSE view that stops answering blocks the hook in the
+/// kernel where no timeout reaches; the build that named it then fails, and never hangs (with
+/// its nix-daemon worker and build user) for good.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Ends the hook at [`DEADLINE`], failing the build with one line.
+fn watchdog(args: &HookArgs) {
+    let drv = args.drv.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(DEADLINE);
+        let refusal = srcstore::hook::HookError::new(
+            &drv,
+            format!(
+                "the hook gave up after {}s: a srcstore view or daemon this derivation names does not answer",
+                DEADLINE.as_secs()
+            ),
+        );
+        eprintln!("srcstore: error: {refusal}");
+        // Under nix-daemon the refusal travels in Nix's own error, as `run_hook` sends it.
+        if srcstore::hook::under_nix_daemon() {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(srcstore::hook::refusal_block(&refusal).as_bytes());
+            let _ = stdout.flush();
+            std::process::exit(0);
+        }
+        std::process::exit(4);
+    });
+}
+
 /// Never breaks an unrelated build: anything that is not a derivation naming a snapshot gets
 /// no output and exit 0. A snapshot that is named but not served fails the build, with one line.
 fn run_hook(args: HookArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +87,8 @@ fn run_hook(args: HookArgs) -> anyhow::Result<ExitCode> {
             out.push('\n');
         }
     }
+    srcstore::hook::enter_builder_namespace();
+    watchdog(&args);
     match srcstore::hook::run(&args.drv, args.chroot.as_deref()) {
         Ok(block) => out.push_str(&block),
         // The client of nix-daemon sees Nix's error, not ours: the refusal goes in it.

@@ -39,8 +39,11 @@ struct Plan {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let conf_dir =
+    let given =
         std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+    // One path for checking, writing and naming: root later runs what nix.conf names, so a
+    // link on the way (a user's, re-pointed after the check) must never be in it.
+    let conf_dir = fs::canonicalize(&given).unwrap_or(given);
     let nix_conf = conf_dir.join("nix.conf");
     let wrapper_path = conf_dir.join(WRAPPER_NAME);
     let text = match fs::read_to_string(&nix_conf) {
@@ -271,24 +274,24 @@ fn mode_of(path: &Path, default: u32) -> u32 {
     fs::metadata(path).map_or(default, |m| m.permissions().mode() & 0o7777)
 }
 
-/// Writes beside the target and renames over it: readers see the old file or the new one.
+/// Writes beside the target and renames over it: readers see the old file or the new one. The
+/// file beside it is new (`O_EXCL`, a random name), so nothing planted there is written through.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.srcstore-tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| path.display().to_string())
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    (|| -> std::io::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".srcstore-tmp")
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })()
+    .with_context(|| path.display().to_string())
 }
 
 fn shell_quote(s: &str) -> String {

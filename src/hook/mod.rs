@@ -22,6 +22,12 @@ pub use mountinfo::{view_mounts, ViewMount};
 pub use refs::{references, refusal_block, sandbox_block, Reference, STABLE_SRC};
 pub use stage::{sweep, STAGE_ROOT};
 
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
 use crate::daemon::{paths, Client, Request, PROTOCOL_VERSION};
 use crate::nix::drv;
 
@@ -31,6 +37,10 @@ const LEASE_WITH_CHROOT: Duration = Duration::from_secs(7 * 24 * 3600);
 const LEASE_WITHOUT_CHROOT: Duration = Duration::from_secs(6 * 3600);
 /// How long a daemon may take to answer the hook; a build waits at most this per snapshot.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshots one derivation may name: each is a mount in nix-daemon's namespace for the whole
+/// build (and a few in every sandbox made meanwhile), so a derivation naming thousands would
+/// slow or break every other build.
+pub const MAX_SNAPSHOTS: usize = 16;
 
 /// Why the hook refuses a build: one line naming the snapshot path.
 #[derive(Debug)]
@@ -40,7 +50,7 @@ pub struct HookError {
 }
 
 impl HookError {
-    pub(crate) fn new(path: impl AsRef<Path>, why: impl fmt::Display) -> Self {
+    pub fn new(path: impl AsRef<Path>, why: impl fmt::Display) -> Self {
         HookError {
             path: path.as_ref().to_path_buf(),
             why: why.to_string(),
@@ -69,11 +79,9 @@ impl std::error::Error for HookError {}
 
 /// The hook for the build of `drv` in `chroot`: the `extra-sandbox-paths` block to print, empty
 /// when the derivation names no snapshot (or cannot be read: then it is not ours to judge).
+///
+/// Call [`enter_builder_namespace`] first, while the process has one thread.
 pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
-    if let Err(e) = namespace::join_parent() {
-        // Not fatal for a build that names no snapshot; one that does gets "not visible".
-        tracing::debug!("cannot join the builder's mount namespace: {e}");
-    }
     if let Err(e) = stage::sweep(false) {
         tracing::debug!("{STAGE_ROOT}: {e}");
     }
@@ -83,10 +91,19 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
     let Ok(derivation) = drv::parse(&text) else {
         return Ok(String::new());
     };
-    let views = view_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    let views = view_mounts(&fs::read("/proc/self/mountinfo").unwrap_or_default());
     let refs = references(&derivation, &views);
     if refs.is_empty() {
         return Ok(String::new());
+    }
+    if refs.len() > MAX_SNAPSHOTS {
+        return Err(HookError::new(
+            &refs[MAX_SNAPSHOTS].path,
+            format!(
+                "the derivation names {} snapshots, more than the {MAX_SNAPSHOTS} one build may have",
+                refs.len()
+            ),
+        ));
     }
     let lease = match chroot {
         Some(_) => LEASE_WITH_CHROOT,
@@ -104,6 +121,7 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
         let mut staged = Vec::with_capacity(refs.len());
         for r in &refs {
             let view = r.view.as_ref().ok_or_else(|| unseen(r))?;
+            check_place(view, &r.path)?;
             pin(view, r, chroot, lease)?;
             let dir = stage::resolve(view, &r.basename, &r.path)?;
             let Some(staging) = staging.as_mut() else {
@@ -121,6 +139,54 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
         staging.abandon();
     }
     result
+}
+
+/// Joins the mount namespace the build's sandbox is cloned from (see `namespace`); a hook calls
+/// it before [`run`], while it has one thread (a mount namespace cannot be joined by more).
+pub fn enter_builder_namespace() {
+    if let Err(e) = namespace::join_parent() {
+        // Not fatal for a build that names no snapshot; one that does gets "not visible".
+        tracing::debug!("cannot join the builder's mount namespace: {e}");
+    }
+}
+
+/// Whether `view` may be where it is mounted. A hash names content only as its daemon claims,
+/// so a view is believed only where nobody but its owner (and root) could have put it: at a
+/// default place of uid X, only X's view, in X's own private runtime directory; elsewhere, a
+/// user's view only where every directory above it is root's or theirs and closed to others
+/// (in a shared `/tmp`, a view could stand where a gone daemon's was and serve other bytes
+/// under its names). Root's views anywhere.
+fn check_place(view: &ViewMount, named: &Path) -> Result<(), HookError> {
+    let owner = view.owner.unwrap_or(0);
+    if owner == 0 {
+        return Ok(());
+    }
+    let refuse = |why: String| Err(HookError::new(named, why));
+    let mountpoint = view.mountpoint.to_string_lossy();
+    if let Some((runtime, _)) = refs::default_runtime_dir(&format!("{mountpoint}/")) {
+        let place = refs::runtime_owner(runtime);
+        if place != Some(owner) {
+            return refuse(format!(
+                "its view is mounted by uid {owner} in another user's place ({runtime}): refused"
+            ));
+        }
+        if let Err(e) = paths::check_private_dir(Path::new(runtime), owner) {
+            return refuse(format!("{runtime}: {e}"));
+        }
+        return Ok(());
+    }
+    for dir in view.mountpoint.ancestors().skip(1) {
+        let Ok(meta) = fs::symlink_metadata(dir) else {
+            return refuse(format!("cannot look at {} above its view", dir.display()));
+        };
+        if (meta.uid() != 0 && meta.uid() != owner) || meta.mode() & 0o022 != 0 {
+            return refuse(format!(
+                "its view is mounted below {}, which others can write: a view there could stand where another daemon's was; mount it at the default place, or below directories only you and root can write",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Asks the daemon the view names to keep the snapshot until the build is over. The daemon
@@ -206,19 +272,34 @@ fn serving_daemon(path: &Path) -> Option<u64> {
     let text = path.to_str()?;
     let (runtime, rest) = refs::default_runtime_dir(text)?;
     let mountpoint = Path::new(runtime).join(rest.split('/').next()?);
-    let uid = match runtime.strip_prefix("/run/user/") {
-        Some(r) => r.split('/').next()?.parse().ok()?,
-        None => match runtime.strip_prefix("/tmp/srcstore-") {
-            Some(uid) => uid.parse().ok()?,
-            None => 0,
-        },
-    };
-    paths::check_private_dir(Path::new(runtime), uid).ok()?;
-    fs::read_dir(runtime).ok()?.flatten().find_map(|entry| {
-        let socket = entry.path();
-        if socket.extension()? != "sock" {
+    let uid = refs::runtime_owner(runtime)?;
+    // Everything through one descriptor of the directory, checked: its owner cannot swap it,
+    // or a socket in it, for a link to somewhere root would then write.
+    let dir = rustix::fs::open(
+        runtime,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&dir).ok()?;
+    if st.st_uid != uid || st.st_mode & 0o077 != 0 {
+        return None;
+    }
+    let names: Vec<_> = rustix::fs::Dir::read_from(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_owned())
+        .collect();
+    names.into_iter().find_map(|name| {
+        if !name.to_bytes().ends_with(b".sock") {
             return None;
         }
+        let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return None;
+        }
+        let socket = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
         let mut client = Client::connect_within(&socket, uid, Duration::from_secs(2)).ok()?;
         let status = client.request(Request::Status).ok()?.status?;
         (status["mountpoint"].as_str()? == mountpoint.to_str()?).then(|| status["pid"].as_u64())?

@@ -20,9 +20,16 @@ pub struct ViewMount {
     pub owner: Option<u32>,
 }
 
-/// The srcstore views listed in `/proc/self/mountinfo` text.
-pub fn view_mounts(mountinfo: &str) -> Vec<ViewMount> {
-    mountinfo.lines().filter_map(view_mount).collect()
+/// The srcstore views listed in `/proc/self/mountinfo`. The table is bytes: the kernel escapes
+/// only space, tab, newline and backslash, so any user's mount at a name that is not UTF-8
+/// makes it so. Each line stands alone; one that is not UTF-8 is no view a derivation (whose
+/// strings are) could name.
+pub fn view_mounts(mountinfo: &[u8]) -> Vec<ViewMount> {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter_map(view_mount)
+        .collect()
 }
 
 fn view_mount(line: &str) -> Option<ViewMount> {
@@ -87,7 +94,7 @@ pub(super) mod tests {
 
     #[test]
     fn views_are_found_in_the_mount_table() {
-        let v = view_mounts(INFO);
+        let v = view_mounts(INFO.as_bytes());
         assert_eq!(v.len(), 3, "{v:?}");
         assert_eq!(v[2].socket, Path::new("/run/srcstore/def.sock"));
         assert_eq!(v[0].mountpoint, Path::new("/run/srcstore/proj-1a2b3c4d"));
@@ -101,7 +108,20 @@ pub(super) mod tests {
     #[test]
     fn an_escaped_newline_comes_back_as_a_newline_for_the_caller_to_refuse() {
         let line = "50 35 0:60 / /tmp/a\\012/root\\012/tmp/b ro - fuse srcstore:/tmp/x.sock ro,user_id=1000";
-        let v = view_mounts(line);
+        let v = view_mounts(line.as_bytes());
         assert_eq!(v[0].mountpoint, Path::new("/tmp/a\n/root\n/tmp/b"));
+    }
+}
+
+#[cfg(test)]
+mod bytes {
+    use super::*;
+
+    #[test]
+    fn a_mount_at_a_name_that_is_not_utf8_hides_no_other_view() {
+        let mut info = tests::INFO.as_bytes().to_vec();
+        info.extend_from_slice(b"60 35 0:61 / /tmp/odd/\xff ro - fuse.bindfs /x ro\n");
+        assert_eq!(view_mounts(&info), view_mounts(tests::INFO.as_bytes()));
+        assert_eq!(view_mounts(&info).len(), 3);
     }
 }

@@ -61,7 +61,9 @@ fn is_path_boundary(b: u8) -> bool {
 /// The reference starting at `s` (which starts with `/`), if `s` is `<dir>/<basename>…`.
 fn reference_at(s: &str, views: &[ViewMount]) -> Option<Reference> {
     for view in views {
-        let m = view.mountpoint.to_str()?;
+        let Some(m) = view.mountpoint.to_str() else {
+            continue; // no derivation string can name it
+        };
         if let Some(rest) = s.strip_prefix(m).and_then(|r| r.strip_prefix('/')) {
             let base = snapshot_basename(rest)?;
             return Some(Reference {
@@ -106,6 +108,17 @@ pub fn default_runtime_dir(s: &str) -> Option<(&str, &str)> {
     Some((&s[..len], &s[len + 1..]))
 }
 
+/// The user whose default runtime directory `runtime` (from [`default_runtime_dir`]) is.
+pub fn runtime_owner(runtime: &str) -> Option<u32> {
+    match runtime.strip_prefix("/run/user/") {
+        Some(r) => r.split('/').next()?.parse().ok(),
+        None => match runtime.strip_prefix("/tmp/srcstore-") {
+            Some(uid) => uid.parse().ok(),
+            None => (runtime == "/run/srcstore").then_some(0),
+        },
+    }
+}
+
 /// `<32 base-32 chars>-<name>` at the start of `s`, ending at `/`, a non-name byte or the end.
 fn snapshot_basename(s: &str) -> Option<&str> {
     let b = s.as_bytes();
@@ -134,15 +147,21 @@ pub fn sandbox_block(refs: &[Reference], staged: &[PathBuf]) -> Result<String, H
     }
     let main = refs.iter().position(|r| r.is_src).unwrap_or(0);
     let mut out = String::from("extra-sandbox-paths\n");
-    for (i, (r, outside)) in refs.iter().zip(staged).enumerate() {
+    // Nix keeps the last line for an inside path: each is written once, the main snapshot's
+    // stable path first, so no other snapshot (one named `…-src`, two of one name) takes it.
+    let mut taken: Vec<PathBuf> = vec![PathBuf::from(STABLE_SRC)];
+    out.push_str(&sandbox_line(
+        &refs[main].path,
+        Path::new(STABLE_SRC),
+        &staged[main],
+    )?);
+    for (r, outside) in refs.iter().zip(staged) {
         out.push_str(&sandbox_line(&r.path, &r.path, outside)?);
-        if i == main {
-            out.push_str(&sandbox_line(&r.path, Path::new(STABLE_SRC), outside)?);
-        }
         if let Some((_, name)) = r.basename.split_once('-') {
-            if i != main || name != "src" {
-                let inside = Path::new("/srcstore").join(name);
+            let inside = Path::new("/srcstore").join(name);
+            if !taken.contains(&inside) {
                 out.push_str(&sandbox_line(&r.path, &inside, outside)?);
+                taken.push(inside);
             }
         }
     }
@@ -207,7 +226,7 @@ mod tests {
 
     #[test]
     fn snapshot_paths_are_found_anywhere_in_strings_and_nothing_else() {
-        let views = view_mounts(INFO);
+        let views = view_mounts(INFO.as_bytes());
         let h = H;
         let d = drv(&[
             ("src", &format!("/run/srcstore/proj-1a2b3c4d/{h}-proj")),
@@ -259,9 +278,34 @@ mod tests {
     }
 
     #[test]
+    fn no_other_snapshot_takes_the_stable_path_or_a_name_already_given() {
+        let views = view_mounts(INFO.as_bytes());
+        let m = "/run/srcstore/proj-1a2b3c4d";
+        let h2 = "1m7wq1c0m7wq1c0m7wq1c0m7wq1c0m7w";
+        let d = drv(&[
+            ("src", &format!("{m}/{H}-proj")),
+            ("other", &format!("{m}/{h2}-src")),
+            ("again", &format!("{m}/{h2}-proj")),
+        ]);
+        let refs = references(&d, &views);
+        let staged: Vec<PathBuf> = (0..3).map(|i| format!("/stage/{i}").into()).collect();
+        let block = sandbox_block(&refs, &staged).unwrap();
+        let lines: Vec<&str> = block.lines().collect();
+        let of = |inside: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|l| l.split_once('=').is_some_and(|(i, _)| i == inside))
+                .copied()
+                .collect()
+        };
+        assert_eq!(of("/srcstore/src"), ["/srcstore/src=/stage/0"], "{block}");
+        assert_eq!(of("/srcstore/proj"), ["/srcstore/proj=/stage/0"], "{block}");
+    }
+
+    #[test]
     fn a_derivation_naming_no_snapshot_gets_no_block() {
         let d = drv(&[("src", "/nix/store/aaaa-src"), ("x", "/run/srcstore/")]);
-        assert!(references(&d, &view_mounts(INFO)).is_empty());
+        assert!(references(&d, &view_mounts(INFO.as_bytes())).is_empty());
         assert_eq!(sandbox_block(&[], &[]).unwrap(), "");
     }
 
@@ -285,7 +329,7 @@ mod tests {
     fn a_mountpoint_with_a_newline_or_an_equals_sign_never_reaches_the_block() {
         for mnt in ["/tmp/a\\012/root\\012/tmp/b", "/tmp/a=/root"] {
             let info = format!("50 35 0:60 / {mnt} ro - fuse srcstore:/tmp/x.sock ro,user_id=1000");
-            let views = view_mounts(&info);
+            let views = view_mounts(info.as_bytes());
             let named = format!("{}/{H}-x", views[0].mountpoint.display());
             let refs = references(&drv(&[("src", &named)]), &views);
             assert_eq!(refs.len(), 1);

@@ -170,26 +170,29 @@ pub fn sweep(all: bool) -> std::io::Result<usize> {
 }
 
 fn is_over(dir: &Path) -> bool {
-    let Ok(record) = fs::read_to_string(dir.join("build")) else {
-        let age = fs::symlink_metadata(dir).map_or(Duration::MAX, |m| {
-            let made = UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
-            SystemTime::now().duration_since(made).unwrap_or_default()
-        });
-        return age > UNRECORDED_GRACE;
-    };
+    // A record not yet written (or not yet whole: it is written after it is made) is a hook's
+    // still at work, until the grace runs out.
+    let record = fs::read_to_string(dir.join("build")).unwrap_or_default();
     let record = record.trim_end();
     if let Some(chroot) = record.strip_prefix("chroot ") {
         return fs::symlink_metadata(chroot)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
     }
-    let until = record
+    if let Some(until) = record
         .strip_prefix("until ")
-        .and_then(|u| u.parse::<u64>().ok());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    until.is_none_or(|u| now >= u)
+        .and_then(|u| u.parse::<u64>().ok())
+    {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        return now >= until;
+    }
+    let age = fs::symlink_metadata(dir).map_or(Duration::MAX, |m| {
+        let made = UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
+        SystemTime::now().duration_since(made).unwrap_or_default()
+    });
+    age > UNRECORDED_GRACE
 }
 
 /// Detaches every slot's mount (a dead daemon's answers ENOTCONN; detaching still works) and

@@ -1,6 +1,5 @@
-//! Findings of a security review of the pre-build hook, the control socket's client and
-//! `nix setup`, each reproduced against the real binary and real FUSE. A test here fails while
-//! the hole it shows is open.
+//! Ordinary local users against the root hook, the control socket's client and `nix setup`:
+//! each attack run against the real binary and real FUSE, and what must hold under it.
 //!
 //! Run as root. Each test runs its body in a private mount namespace of its own (`unshare -m`),
 //! so the views it mounts never reach the mount table of anything else on the machine. Where
@@ -304,8 +303,8 @@ impl Drop for UsersMount {
 /// without its source and without the hook's one-line refusal. (refs.rs `reference_at` has the
 /// same flaw a step later, `view.mountpoint.to_str()?` returning from the whole search.)
 #[test]
-fn a_mount_at_a_non_utf8_directory_hides_every_users_snapshot() {
-    if !in_private_namespace("a_mount_at_a_non_utf8_directory_hides_every_users_snapshot") {
+fn a_mount_at_a_non_utf8_directory_hides_no_users_snapshot() {
+    if !in_private_namespace("a_mount_at_a_non_utf8_directory_hides_no_users_snapshot") {
         return;
     }
     let sb = open_sandbox();
@@ -351,8 +350,8 @@ fn a_mount_at_a_non_utf8_directory_hides_every_users_snapshot() {
 /// answer is then taken for the daemon's, and the user's view is staged with no daemon of
 /// theirs involved.
 #[test]
-fn a_users_view_naming_a_root_socket_makes_root_write_to_it() {
-    if !in_private_namespace("a_users_view_naming_a_root_socket_makes_root_write_to_it") {
+fn a_users_view_naming_a_root_socket_never_makes_root_write_to_it() {
+    if !in_private_namespace("a_users_view_naming_a_root_socket_never_makes_root_write_to_it") {
         return;
     }
     let sb = open_sandbox();
@@ -375,9 +374,9 @@ fn a_users_view_naming_a_root_socket_makes_root_write_to_it() {
 /// connected to by path, following symlinks, and a root peer is believed: an entry linking to
 /// a root service's socket makes the root hook write a status request into it.
 #[test]
-fn a_symlinked_socket_in_a_runtime_directory_makes_root_write_to_roots_socket() {
+fn a_symlinked_socket_in_a_runtime_directory_never_makes_root_write_to_roots_socket() {
     if !in_private_namespace(
-        "a_symlinked_socket_in_a_runtime_directory_makes_root_write_to_roots_socket",
+        "a_symlinked_socket_in_a_runtime_directory_never_makes_root_write_to_roots_socket",
     ) {
         return;
     }
@@ -438,8 +437,8 @@ fn endless_answer(path: &Path, chunk: usize, every: Duration) -> Arc<std::sync::
 /// so the build, and its build user) past the hook's ten seconds, its memory growing for as
 /// long as the daemon likes.
 #[test]
-fn an_endless_answer_keeps_the_root_hook_past_its_timeout_and_grows_it() {
-    if !in_private_namespace("an_endless_answer_keeps_the_root_hook_past_its_timeout_and_grows_it")
+fn an_endless_answer_never_keeps_the_root_hook_past_its_timeout() {
+    if !in_private_namespace("an_endless_answer_never_keeps_the_root_hook_past_its_timeout")
     {
         return;
     }
@@ -468,8 +467,8 @@ fn an_endless_answer_keeps_the_root_hook_past_its_timeout_and_grows_it() {
 /// build and its build user, for ever. The peer check comes after, so any user's socket
 /// does it.
 #[test]
-fn a_socket_that_never_accepts_hangs_the_root_hook() {
-    if !in_private_namespace("a_socket_that_never_accepts_hangs_the_root_hook") {
+fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
+    if !in_private_namespace("a_socket_that_never_accepts_never_hangs_the_root_hook") {
         return;
     }
     let sb = open_sandbox();
@@ -533,8 +532,8 @@ fn a_socket_that_never_accepts_hangs_the_root_hook() {
 /// the hook stages the attacker's tree under the victim's hash, and the output lands in the
 /// shared store as the victim's derivation's.
 #[test]
-fn a_view_at_another_users_default_place_is_staged() {
-    if !in_private_namespace("a_view_at_another_users_default_place_is_staged") {
+fn a_view_at_another_users_default_place_is_refused() {
+    if !in_private_namespace("a_view_at_another_users_default_place_is_refused") {
         return;
     }
     let sb = open_sandbox();
@@ -570,7 +569,7 @@ fn a_view_at_another_users_default_place_is_staged() {
 /// a directory a user can write, the check passes, and the user re-points the link afterwards
 /// so that nix-daemon, as root, runs the user's file as the hook.
 #[test]
-fn apply_through_a_users_symlink_lets_the_user_choose_what_root_runs() {
+fn apply_through_a_users_symlink_never_lets_the_user_choose_what_root_runs() {
     let sb = open_sandbox();
     let root_only = tempfile::Builder::new()
         .prefix("srcstore-review")
@@ -604,7 +603,7 @@ fn apply_through_a_users_symlink_lets_the_user_choose_what_root_runs() {
     let hook = conf
         .lines()
         .filter_map(|l| l.strip_prefix("pre-build-hook = "))
-        .last()
+        .next_back()
         .unwrap()
         .to_owned();
     // The user re-points the link at a directory of theirs with a hook of theirs.
@@ -692,8 +691,8 @@ impl fuser::Filesystem for ManyFs {
 /// (100000 by default): every sandbox Nix then makes for anyone copies them, and once the
 /// limit is reached the binds of every other build, and the hook's own stagings, fail.
 #[test]
-fn one_derivation_can_make_root_mount_without_bound() {
-    if !in_private_namespace("one_derivation_can_make_root_mount_without_bound") {
+fn one_derivation_cannot_make_root_mount_without_bound() {
+    if !in_private_namespace("one_derivation_cannot_make_root_mount_without_bound") {
         return;
     }
     let sb = open_sandbox();
@@ -753,7 +752,7 @@ fn one_derivation_can_make_root_mount_without_bound() {
 /// `.nix.conf.srcstore-tmp` as a link to any file: root truncates and overwrites that file,
 /// then renames the link over nix.conf.
 #[test]
-fn undo_writes_through_a_planted_temporary_link() {
+fn undo_never_writes_through_a_planted_temporary_link() {
     let sb = open_sandbox();
     let root_only = tempfile::Builder::new()
         .prefix("srcstore-review")
