@@ -6,9 +6,9 @@
 //! the attacker must be an ordinary user, the FUSE server runs as `srcstore-other`
 //! (scripts/setup-machine makes the user).
 
-mod support;
 #[path = "support/hostile.rs"]
 mod hostile;
+mod support;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -44,7 +44,11 @@ fn in_private_namespace(test: &str) -> bool {
     // The body's hook runs left stagings of builds whose chroot never existed: one more run,
     // for a derivation naming nothing, sweeps them.
     let sb = Sandbox::new();
-    let plain = drv_naming(&sb, "plain", "/nix/store/00000000000000000000000000000000-plain");
+    let plain = drv_naming(
+        &sb,
+        "plain",
+        "/nix/store/00000000000000000000000000000000-plain",
+    );
     let _ = spawn_hook(&sb, &plain).wait_with_output();
     assert!(
         out.status.success(),
@@ -406,7 +410,11 @@ fn a_symlinked_socket_in_a_runtime_directory_never_makes_root_write_to_roots_soc
 
 /// A socket that accepts, reads the request, then answers a line that never ends: a few
 /// bytes at a time (each read returns before the read timeout) or a stream.
-fn endless_answer(path: &Path, chunk: usize, every: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+fn endless_answer(
+    path: &Path,
+    chunk: usize,
+    every: Duration,
+) -> Arc<std::sync::atomic::AtomicBool> {
     let listener = UnixListener::bind(path).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopped = stop.clone();
@@ -438,8 +446,7 @@ fn endless_answer(path: &Path, chunk: usize, every: Duration) -> Arc<std::sync::
 /// long as the daemon likes.
 #[test]
 fn an_endless_answer_never_keeps_the_root_hook_past_its_timeout() {
-    if !in_private_namespace("an_endless_answer_never_keeps_the_root_hook_past_its_timeout")
-    {
+    if !in_private_namespace("an_endless_answer_never_keeps_the_root_hook_past_its_timeout") {
         return;
     }
     let sb = open_sandbox();
@@ -450,12 +457,17 @@ fn an_endless_answer_never_keeps_the_root_hook_past_its_timeout() {
     let view = HostileView::mount(&sb.path("mnt"), &socket, Serve::Dir);
     let drv = drv_naming(&sb, "endless", view.snapshot().to_str().unwrap());
     let mut hook = spawn_hook(&sb, &drv);
-    let (finished, peak_kib, _) = finishes_within(&mut hook, ANSWER_TIMEOUT + Duration::from_secs(5));
+    let (finished, peak_kib, _) =
+        finishes_within(&mut hook, ANSWER_TIMEOUT + Duration::from_secs(5));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(
         finished && peak_kib < 64 * 1024,
         "the root hook, reading a daemon's endless answer, {} after {:?} with a peak of {} MiB",
-        if finished { "finished" } else { "was still reading" },
+        if finished {
+            "finished"
+        } else {
+            "was still reading"
+        },
         ANSWER_TIMEOUT + Duration::from_secs(5),
         peak_kib / 1024
     );
@@ -484,7 +496,10 @@ fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
             addr.sun_path[i] = *b as libc::c_char;
         }
         let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
         assert_eq!(libc::listen(fd, 0), 0);
         fd
     };
@@ -506,7 +521,11 @@ fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
         // SAFETY: as above.
         unsafe {
             use std::os::fd::AsRawFd;
-            libc::connect(stream.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len)
+            libc::connect(
+                stream.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            )
         };
         fillers.push(stream);
     }
@@ -609,7 +628,11 @@ fn apply_through_a_users_symlink_never_lets_the_user_choose_what_root_runs() {
     // The user re-points the link at a directory of theirs with a hook of theirs.
     let evil = users.join("evil");
     fs::create_dir(&evil).unwrap();
-    fs::write(evil.join("srcstore-pre-build-hook"), "#!/bin/sh\nid > /tmp/owned\n").unwrap();
+    fs::write(
+        evil.join("srcstore-pre-build-hook"),
+        "#!/bin/sh\nid > /tmp/owned\n",
+    )
+    .unwrap();
     own(&evil, OTHER, 0o755);
     own(&evil.join("srcstore-pre-build-hook"), OTHER, 0o755);
     fs::remove_file(&link).unwrap();
@@ -670,7 +693,11 @@ impl fuser::Filesystem for ManyFs {
                 names.len() - 1
             }
         };
-        reply.entry(&Duration::ZERO, &ManyFs::dir_attr(2 + i as u64), fuser::Generation(0));
+        reply.entry(
+            &Duration::ZERO,
+            &ManyFs::dir_attr(2 + i as u64),
+            fuser::Generation(0),
+        );
     }
 
     fn getattr(
