@@ -235,7 +235,7 @@ fn a_path_during_a_long_update_waits_for_it() {
     // disk but all of its length to hash: grown until hashing it takes clearly longer than
     // that here, every answer waited for.
     let disk = fs::File::create(p.join("disk.img")).unwrap();
-    let mut size = 16u64 << 30;
+    let mut size = 4u64 << 30;
     loop {
         disk.set_len(size).unwrap();
         let started = Instant::now();
@@ -253,7 +253,9 @@ fn a_path_during_a_long_update_waits_for_it() {
             break;
         }
         assert!(size < 1 << 40, "hashing {size} bytes never took long here");
-        size *= 2;
+        // Aim at about 20 s: past the old timeout, well within the 50 s a `path` waits.
+        let factor = (20.0 / took.as_secs_f64().max(0.5)).clamp(1.5, 8.0);
+        size = (size as f64 * factor) as u64;
     }
 }
 
