@@ -69,16 +69,32 @@ pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedF
     )?)
 }
 
-/// The permission bits of `rel` (a relative path) below the directory `dir`, the entry itself
-/// never followed if it is a link, and nothing on the way to it through one.
-pub(crate) fn mode_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<u32> {
-    let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+/// The directory holding `rel` below `dir` (opened, unless it is `dir` itself) and the last
+/// component of `rel`: what the `*at` calls below need to reach `rel` through no link.
+fn parent_of<'a>(dir: BorrowedFd<'_>, rel: &'a [u8]) -> io::Result<(Option<OwnedFd>, &'a [u8])> {
+    Ok(match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => (Some(open_dir_at(dir, &rel[..i])?), &rel[i + 1..]),
         None => (None, rel),
-    };
+    })
+}
+
+/// The status of `rel` (a relative path) below the directory `dir`: the entry itself, never
+/// followed if it is a link, and nothing on the way to it through one.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<rustix::fs::Stat> {
+    let (parent, name) = parent_of(dir, rel)?;
     let at = parent.as_ref().map_or(dir, |p| p.as_fd());
-    let st = rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(st.st_mode & 0o7777)
+    Ok(rustix::fs::statat(
+        at,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+/// The target of the symlink `rel` below the directory `dir`, reached through no other link.
+pub(crate) fn read_link_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<Vec<u8>> {
+    let (parent, name) = parent_of(dir, rel)?;
+    let at = parent.as_ref().map_or(dir, |p| p.as_fd());
+    Ok(rustix::fs::readlinkat(at, name, Vec::new())?.into_bytes())
 }
 
 /// Opens the file `name` (one component, or a relative path) below the directory `dir` for

@@ -4,8 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use ignore::{WalkBuilder, WalkState};
 
 use crate::read::{self, Root};
-use crate::tree::{Dir, Entry, File, Node, Stamp, Symlink};
+use crate::tree::{Dir, Entry, File, Node, Symlink};
 use crate::{Error, Snapshot};
 
 mod full;
@@ -273,19 +272,21 @@ impl<'a> Walk<'a> {
         self.on_dir.map_or(Ok(()), |hook| hook(path))
     }
 
+    /// One entry, stat-ed and read beneath the project's root descriptor like every other
+    /// access: a directory swapped for a link at the wrong moment is never followed.
     fn visit(&self, path: &Path, rel: &[u8]) -> Result<Item, Error> {
-        let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
-        let ft = meta.file_type();
+        let st = read::stat_at(self.root.fd(), rel).map_err(|e| Error::io(path, e))?;
+        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
         let old = self.previous.and_then(|p| p.find(rel));
         // An event named it: its stamp proves nothing, only a new hash does.
         let previous = old.filter(|_| !self.fresh.contains(rel));
-        if ft.is_dir() {
+        if ft == rustix::fs::FileType::Directory {
             self.enter_dir(path)?;
             return Ok(Item::Dir);
         }
-        if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(|e| Error::io(path, e))?;
-            let target = target.into_os_string().into_vec().into_boxed_slice();
+        if ft == rustix::fs::FileType::Symlink {
+            let target = read::read_link_at(self.root.fd(), rel).map_err(|e| Error::io(path, e))?;
+            let target = target.into_boxed_slice();
             if let Some(Node::Symlink(old)) = previous {
                 if old.target == target {
                     return Ok(Item::Symlink(old.clone()));
@@ -293,22 +294,21 @@ impl<'a> Walk<'a> {
             }
             return Ok(Item::Symlink(Arc::new(Symlink::new(target))));
         }
-        if ft.is_file() {
-            use std::os::unix::fs::MetadataExt;
-            note_links(self.links, rel, meta.nlink());
+        if ft == rustix::fs::FileType::RegularFile {
+            note_links(self.links, rel, st.st_nlink as u64);
             if let Some(Node::File(old)) = previous {
-                use std::os::unix::fs::PermissionsExt;
-                let exec = meta.permissions().mode() & 0o100 != 0;
-                if !old.racy && old.stamp == Stamp::of(&meta) && old.executable == exec {
+                let exec = read::exec_of_stat(&st);
+                if !old.racy && old.stamp == read::stamp_of_stat(&st) && old.executable == exec {
                     return Ok(Item::File {
                         file: old.clone(),
                         hashed: false,
                     });
                 }
             }
-            let h = read::hash_settled(self.root.fd(), rel, Some(Stamp::of(&meta)), || {
-                path.to_path_buf()
-            })?;
+            let h =
+                read::hash_settled(self.root.fd(), rel, Some(read::stamp_of_stat(&st)), || {
+                    path.to_path_buf()
+                })?;
             if let Some(Node::File(old)) = old {
                 // Hashed again to exactly what it was: the same node, so nothing above it moves.
                 let same = (old.content, old.executable, old.stamp, old.racy)
@@ -325,9 +325,7 @@ impl<'a> Walk<'a> {
                 hashed: true,
             });
         }
-        use std::os::unix::fs::MetadataExt;
-        let file_type = rustix::fs::FileType::from_raw_mode(meta.mode() as _);
-        Err(Error::unsupported(path.into(), file_type))
+        Err(Error::unsupported(path.into(), ft))
     }
 }
 

@@ -127,8 +127,8 @@ impl Snapshot {
                 path.push(b'/');
             }
             path.extend_from_slice(rel);
-            let closed =
-                crate::read::mode_at(self.root.fd(), &path).is_ok_and(|mode| mode & needs != needs);
+            let closed = crate::read::stat_at(self.root.fd(), &path)
+                .is_ok_and(|st| st.st_mode & needs != needs);
             if closed {
                 count += 1;
                 if first.len() < show {
