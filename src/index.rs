@@ -157,9 +157,9 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
             Node::Dir(d) => Kind::Dir(d.hash),
             Node::File(f) => Kind::File {
                 content: f.content,
-                executable: f.executable,
+                executable: f.executable(),
                 stamp: f.stamp,
-                racy: f.racy,
+                racy: f.racy(),
             },
             Node::Symlink(s) => Kind::Symlink(&s.target),
         };

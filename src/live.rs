@@ -544,9 +544,9 @@ impl Live {
                         == rustix::fs::FileType::RegularFile
                 });
             let same = st.as_ref().is_some_and(|st| {
-                !f.racy
+                !f.racy()
                     && f.stamp == crate::read::stamp_of_stat(st)
-                    && f.executable == crate::read::exec_of_stat(st)
+                    && f.executable() == crate::read::exec_of_stat(st)
             });
             if st.is_none_or(|st| st.st_nlink <= 1) {
                 forget.push(rel.clone());

@@ -204,7 +204,7 @@ impl<S: Out> NarWriter<'_, S> {
             }
             Node::File(f) => {
                 self.str(b"regular")?;
-                if f.executable {
+                if f.executable() {
                     self.str(b"executable")?;
                     self.str(b"")?;
                 }

@@ -298,7 +298,8 @@ impl<'a> Walk<'a> {
             note_links(self.links, rel, st.st_nlink as u64);
             if let Some(Node::File(old)) = previous {
                 let exec = read::exec_of_stat(&st);
-                if !old.racy && old.stamp == read::stamp_of_stat(&st) && old.executable == exec {
+                if !old.racy() && old.stamp == read::stamp_of_stat(&st) && old.executable() == exec
+                {
                     return Ok(Item::File {
                         file: old.clone(),
                         hashed: false,
@@ -311,7 +312,7 @@ impl<'a> Walk<'a> {
                 })?;
             if let Some(Node::File(old)) = old {
                 // Hashed again to exactly what it was: the same node, so nothing above it moves.
-                let same = (old.content, old.executable, old.stamp, old.racy)
+                let same = (old.content, old.executable(), old.stamp, old.racy())
                     == (h.content, h.executable, h.stamp, h.racy);
                 if same {
                     return Ok(Item::File {

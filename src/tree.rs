@@ -60,9 +60,9 @@ impl Stamp {
     }
 }
 
-/// A regular file. `file.executable` and `file.racy` read its [`FileFlags`] (through `Deref`):
-/// they are kept in the low bits of its id, which keeps a `File` at 72 bytes (an `Arc<File>` in
-/// 96 bytes of heap, not 112). Every snapshot holds one per file, so this is most of its memory.
+/// A regular file. Its two flags, [`File::executable`] and [`File::racy`], are kept in the low
+/// bits of its id, which keeps a `File` at 72 bytes (an `Arc<File>` in 96 bytes of heap, not
+/// 112). Every snapshot holds one per file, so this is most of its memory.
 pub struct File {
     /// Its identity; the two low bits are its flags (an id is still never reused).
     pub id: NodeId,
@@ -73,37 +73,8 @@ pub struct File {
 
 const _: () = assert!(std::mem::size_of::<File>() == 72);
 
-/// What a [`File`] derefs to.
-#[derive(Debug, PartialEq, Eq)]
-pub struct FileFlags {
-    /// The owner-executable bit.
-    pub executable: bool,
-    /// The stamp may not be trusted to prove the bytes unchanged: the file was modified within
-    /// the timestamp granularity of being hashed (git's "racily clean" entries).
-    pub racy: bool,
-}
-
 const EXECUTABLE: u64 = 1;
 const RACY: u64 = 2;
-
-static FLAGS: [FileFlags; 4] = [
-    FileFlags {
-        executable: false,
-        racy: false,
-    },
-    FileFlags {
-        executable: true,
-        racy: false,
-    },
-    FileFlags {
-        executable: false,
-        racy: true,
-    },
-    FileFlags {
-        executable: true,
-        racy: true,
-    },
-];
 
 impl File {
     pub fn new(content: Hash, executable: bool, stamp: Stamp, racy: bool) -> Self {
@@ -118,12 +89,16 @@ impl File {
     pub fn size(&self) -> u64 {
         self.stamp.size
     }
-}
 
-impl std::ops::Deref for File {
-    type Target = FileFlags;
-    fn deref(&self) -> &FileFlags {
-        &FLAGS[(self.id.0 % ID_STEP) as usize]
+    /// The owner-executable bit.
+    pub fn executable(&self) -> bool {
+        self.id.0 & EXECUTABLE != 0
+    }
+
+    /// The stamp may not be trusted to tell the bytes unchanged: the file was modified within
+    /// the timestamp granularity of being hashed (git's "racily clean" entries).
+    pub fn racy(&self) -> bool {
+        self.id.0 & RACY != 0
     }
 }
 
@@ -132,9 +107,9 @@ impl std::fmt::Debug for File {
         f.debug_struct("File")
             .field("id", &self.id)
             .field("content", &self.content)
-            .field("executable", &self.executable)
+            .field("executable", &self.executable())
             .field("stamp", &self.stamp)
-            .field("racy", &self.racy)
+            .field("racy", &self.racy())
             .finish()
     }
 }
@@ -366,7 +341,7 @@ impl Node {
             Node::File(f) => {
                 let mut h = blake3::Hasher::new();
                 h.update(b"srcstore-file\0");
-                h.update(&[f.executable as u8]);
+                h.update(&[f.executable() as u8]);
                 h.update(&f.content);
                 *h.finalize().as_bytes()
             }
@@ -519,7 +494,7 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for (exec, racy) in [(false, false), (true, false), (false, true), (true, true)] {
             let f = File::new([7; 32], exec, stamp, racy);
-            assert_eq!((f.executable, f.racy), (exec, racy));
+            assert_eq!((f.executable(), f.racy()), (exec, racy));
             assert_eq!((f.content, f.stamp, f.size()), ([7; 32], stamp, 1));
             assert!(ids.insert(f.id));
             assert!(ids.insert(Node::Symlink(Arc::new(Symlink::new(b"t".to_vec().into()))).id()));

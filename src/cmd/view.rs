@@ -32,7 +32,7 @@ impl Source for LiveView {
             Node::Dir(_) => Kind::Dir,
             Node::File(f) => Kind::File {
                 size: f.size(),
-                executable: f.executable,
+                executable: f.executable(),
             },
             Node::Symlink(s) => Kind::Symlink {
                 len: s.target.len() as u64,

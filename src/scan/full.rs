@@ -499,9 +499,9 @@ impl Shared<'_> {
             }
             Kind::File => {
                 if let (Some(st), Some(Node::File(old))) = (&st, prev) {
-                    if !old.racy
+                    if !old.racy()
                         && old.stamp == read::stamp_of_stat(st)
-                        && old.executable == read::exec_of_stat(st)
+                        && old.executable() == read::exec_of_stat(st)
                     {
                         stats.files += 1;
                         stats.bytes += old.size();
