@@ -65,23 +65,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let had_index = previous.is_some();
     let previous_id = previous.as_ref().map(|t| t.id());
 
-    let progress = Arc::new(AtomicU64::new(0));
-    let spinner = Spinner::start(progress.clone());
-    let (snapshot, stats) = Scanner::new(&dir, filter)
-        .name(args.name)
-        .previous(previous)
-        .progress(progress)
-        .scan_with_stats()?;
-    drop(spinner);
-
-    if let Some(p) = &index_path {
-        if !had_index || stats.hashed > 0 || Some(snapshot.tree().id()) != previous_id {
-            if let Err(e) = index::save(p, &dir, filter, snapshot.tree()) {
-                tracing::warn!("{e}; the next run will hash every file again");
+    let scan = |previous: Option<srcstore::tree::Node>| -> anyhow::Result<_> {
+        let from_index = previous.is_some();
+        let progress = Arc::new(AtomicU64::new(0));
+        let spinner = Spinner::start(progress.clone());
+        let (snapshot, stats) = Scanner::new(&dir, filter)
+            .name(args.name.clone())
+            .previous(previous)
+            .progress(progress)
+            .scan_with_stats()?;
+        drop(spinner);
+        if let Some(p) = &index_path {
+            if !from_index || stats.hashed > 0 || Some(snapshot.tree().id()) != previous_id {
+                if let Err(e) = index::save(p, &dir, filter, snapshot.tree()) {
+                    tracing::warn!("{e}; the next run will hash every file again");
+                }
             }
         }
+        let nar = args.nix.then(|| nar::nar_info(&snapshot)).transpose();
+        Ok((snapshot, stats, nar))
+    };
+    let (mut snapshot, mut stats, mut nar) = scan(previous)?;
+    // A stamp the index trusted vouched for bytes that changed behind it (a write through a
+    // mapping moves none): the NAR's proof refused them. Hash every file again, once, and keep
+    // that index, rather than fail every later run the same way.
+    if had_index && matches!(nar, Err(srcstore::Error::Stale { .. })) {
+        (snapshot, stats, nar) = scan(None)?;
     }
-    let nar = args.nix.then(|| nar::nar_info(&snapshot)).transpose()?;
+    let nar = nar?;
     let report = Report {
         name: snapshot.name(),
         hash: snapshot.short_hash(),
