@@ -57,6 +57,35 @@ pub enum Stopped {
     WatcherFailed(String),
 }
 
+/// Why [`Live::sync`] gives no snapshot. Each names what it is about and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SyncError {
+    /// The newest changes cannot be made into a snapshot (a file Nix cannot store, …).
+    #[error("{0}")]
+    Update(Arc<Error>),
+    #[error("{}: cannot create sync cookie: {cause}", dir.display())]
+    Cookie {
+        dir: PathBuf,
+        cause: Arc<std::io::Error>,
+    },
+    #[error("{}: the watcher did not see a change within {waited:.0?}; is the project directory still there?", dir.display())]
+    Unseen { dir: PathBuf, waited: Duration },
+    #[error("{moving}; still so after {waited:.0?}: `path` answers once it has settled")]
+    Moving {
+        moving: Arc<Error>,
+        waited: Duration,
+    },
+    #[error("{}: still bringing the snapshot up to date after {waited:.0?} (an update running for {running:.0?}, {entries} entries looked at so far); `srcstore status` shows its progress; ask again", dir.display())]
+    Busy {
+        dir: PathBuf,
+        waited: Duration,
+        running: Duration,
+        entries: u64,
+    },
+    #[error("{}: not a directory of the snapshot (missing, ignored, or not a directory)", path.display())]
+    NotADirectory { path: PathBuf },
+}
+
 /// Counters for `srcstore status`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
@@ -93,11 +122,11 @@ struct State {
     /// Subdirectories served as snapshots of their own (`srcstore path --sub`).
     subtrees: std::collections::BTreeSet<Vec<u8>>,
     /// Why the newest changes could not be made into a snapshot (a fifo appeared, …).
-    error: Option<String>,
+    error: Option<Arc<Error>>,
     /// Why the newest changes are not in a snapshot yet although nothing is wrong: a file
     /// vanished or kept changing while it was hashed, and the updater goes again once the
     /// burst has settled.
-    moving: Option<String>,
+    moving: Option<Arc<Error>>,
 }
 
 struct Pin {
@@ -424,18 +453,18 @@ impl Live {
     /// then (a long scan) is waited for, up to [`BUSY_LIMIT`], and a tree that keeps moving (a
     /// file written again every time it is hashed) up to `timeout`; past those the error says
     /// what it waits for.
-    pub fn sync(&self, timeout: Duration) -> Result<Snapshot, String> {
+    pub fn sync(&self, timeout: Duration) -> Result<Snapshot, SyncError> {
         self.settle(timeout)?;
         let state = self.shared.state.read().unwrap();
         match &state.error {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(SyncError::Update(e.clone())),
             None => Ok(state.current.clone()),
         }
     }
 
     /// Returns once the updater has applied every change made before the call (see
     /// [`Live::sync`]).
-    fn settle(&self, timeout: Duration) -> Result<(), String> {
+    fn settle(&self, timeout: Duration) -> Result<(), SyncError> {
         self.recheck_links();
         let cookies = &self.shared.cookies;
         let name = cookies.dir.fresh_name();
@@ -446,10 +475,10 @@ impl Live {
             .insert(name.clone(), Seen::Made);
         if let Err(e) = cookies.dir.create(&name) {
             cookies.waiting.lock().unwrap().remove(&name);
-            return Err(format!(
-                "{}: cannot create sync cookie: {e}",
-                cookies.dir.path.display()
-            ));
+            return Err(SyncError::Cookie {
+                dir: cookies.dir.path.clone(),
+                cause: Arc::new(e),
+            });
         }
         let started = Instant::now();
         let mut waiting = cookies.waiting.lock().unwrap();
@@ -477,29 +506,26 @@ impl Live {
 
     /// Why the tree cannot be snapshotted for the moment (a file kept changing while it was
     /// hashed), while the updater waits to go again.
-    fn moving(&self) -> Option<String> {
+    fn moving(&self) -> Option<Arc<Error>> {
         self.shared.state.read().unwrap().moving.clone()
     }
 
     /// What a sync that gave up after `waited` was waiting for.
-    fn waited_for(&self, seen: Seen, waited: Duration) -> String {
-        let dir = self.shared.dir.display();
+    fn waited_for(&self, seen: Seen, waited: Duration) -> SyncError {
+        let dir = self.shared.dir.clone();
         if seen == Seen::Made {
-            return format!(
-                "{dir}: the watcher did not see a change within {waited:.0?}; is the project directory still there?"
-            );
+            return SyncError::Unseen { dir, waited };
         }
         if let Some(moving) = self.moving() {
-            return format!(
-                "{moving}; still so after {waited:.0?}: `path` answers once it has settled"
-            );
+            return SyncError::Moving { moving, waited };
         }
         let (entries, running) = self.busy().unwrap_or_default();
-        format!(
-            "{dir}: still bringing the snapshot up to date after {waited:.0?} (an update running \
-             for {running:.0?}, {entries} entries looked at so far); `srcstore status` shows its \
-             progress; ask again"
-        )
+        SyncError::Busy {
+            dir,
+            waited,
+            running,
+            entries,
+        }
     }
 
     /// The update running now: how many entries it has looked at, and for how long.
@@ -573,26 +599,22 @@ impl Live {
     ///
     /// The subtree is taken from the current snapshot and registered under one lock: from the
     /// moment it is answered, every snapshot served (that one included) serves it too.
-    pub fn sync_subtree(&self, rel: &str, timeout: Duration) -> Result<Snapshot, String> {
+    pub fn sync_subtree(&self, rel: &str, timeout: Duration) -> Result<Snapshot, SyncError> {
         let rel = rel.trim_matches('/').as_bytes().to_vec();
         self.settle(timeout)?;
         let mut state = self.shared.state.write().unwrap();
         if let Some(e) = &state.error {
-            return Err(e.clone());
+            return Err(SyncError::Update(e.clone()));
         }
         match state.current.subtree(&rel, None) {
             Ok(Some(sub)) if matches!(sub.tree(), crate::tree::Node::Dir(_)) => {
                 state.subtrees.insert(rel);
                 Ok(sub)
             }
-            Ok(_) => Err(format!(
-                "{}: not a directory of the snapshot (missing, ignored, or not a directory)",
-                self.shared
-                    .dir
-                    .join(std::ffi::OsStr::from_bytes(&rel))
-                    .display()
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(SyncError::NotADirectory {
+                path: self.shared.dir.join(std::ffi::OsStr::from_bytes(&rel)),
+            }),
+            Err(e) => Err(SyncError::Update(Arc::new(e))),
         }
     }
 
@@ -962,12 +984,12 @@ impl Updater {
             }
             Err(e) if e.is_transient() => {
                 tracing::debug!("{e}; going again once the changes settle");
-                state.moving = Some(e.to_string());
+                state.moving = Some(Arc::new(e));
                 return Outcome::Moving;
             }
             Err(e) => {
                 tracing::warn!("{e}");
-                state.error = Some(e.to_string());
+                state.error = Some(Arc::new(e));
                 state.moving = None;
                 Outcome::Failed
             }

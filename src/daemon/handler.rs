@@ -55,7 +55,7 @@ impl Handler for LiveHandler {
                             ..Default::default()
                         })
                     }
-                    Err(e) => Response::error(e),
+                    Err(e) => Response::error(e.to_string()),
                 }
             }
             Request::Status => ok(Response {
