@@ -24,14 +24,12 @@ pub mod name;
 pub mod nar;
 pub mod nix;
 pub mod nixhash;
-mod read;
 mod scan;
 mod snapshot;
 pub mod tree;
-mod update;
-pub mod verify;
+mod worktree;
 
 pub use error::Error;
+pub use scan::Changes;
 pub use scan::{DirHook, Filter, ScanStats, Scanner};
 pub use snapshot::Snapshot;
-pub use update::Changes;

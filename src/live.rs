@@ -30,7 +30,7 @@ use notify::{EventKindMask, RecursiveMode, Watcher};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::tree::Node;
-use crate::verify::{ReadError, Reader};
+use crate::worktree::verify::{ReadError, Reader};
 use crate::{Changes, Error, Filter, Scanner, Snapshot};
 
 /// How a live view is set up.
@@ -560,7 +560,7 @@ impl Live {
             let (parent, base) = crate::scan::split(&rel);
             if dir.as_ref().is_none_or(|(p, _)| p.as_slice() != parent) {
                 let here: &[u8] = if parent.is_empty() { b"." } else { parent };
-                let fd = crate::read::open_dir_at(current.root().fd(), here).ok();
+                let fd = crate::worktree::read::open_dir_at(current.root().fd(), here).ok();
                 dir = Some((parent.to_vec(), fd));
             }
             let st = (dir.as_ref().and_then(|(_, fd)| fd.as_ref()))
@@ -571,8 +571,8 @@ impl Live {
                 });
             let same = st.as_ref().is_some_and(|st| {
                 !f.racy()
-                    && f.stamp == crate::read::stamp_of_stat(st)
-                    && f.executable() == crate::read::exec_of_stat(st)
+                    && f.stamp == crate::worktree::read::stamp_of_stat(st)
+                    && f.executable() == crate::worktree::read::exec_of_stat(st)
             });
             if st.is_none_or(|st| st.st_nlink <= 1) {
                 forget.push(rel.clone());
@@ -709,6 +709,12 @@ impl Live {
         }
     }
 
+    /// Memory the proof of large files' bytes holds beside the snapshots: the bytes of the
+    /// chunk trees it keeps, and how many.
+    pub fn chunk_trees(&self) -> (usize, usize) {
+        self.shared.reader.tree_usage()
+    }
+
     /// Events from now on.
     pub fn subscribe(&self) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel();
@@ -716,7 +722,7 @@ impl Live {
         rx
     }
 
-    /// Reads bytes of a served file, verified (see [`crate::verify`]); failures are counted,
+    /// Reads bytes of a served file, verified (see [`crate::worktree::verify`]); failures are counted,
     /// logged and announced to subscribers.
     pub fn read(
         &self,

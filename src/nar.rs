@@ -1,6 +1,6 @@
 //! Streaming a snapshot as a NAR (Nix ARchive), the serialisation Nix hashes a tree by.
 //!
-//! Every file's bytes go through the same proof as a FUSE read ([`crate::verify::prove`], the
+//! Every file's bytes go through the same proof as a FUSE read ([`crate::worktree::verify::prove`], the
 //! whole file hashed with BLAKE3 as it streams, against the snapshot's content hash), so a NAR
 //! (and so a NAR hash or a registered store path) never carries bytes from another version of
 //! the tree, whatever the file's stamp says. A file that fails it (other bytes, another size, a
@@ -19,9 +19,9 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::read;
 use crate::tree::{File, Node};
-use crate::verify::{self, Out, Unproven};
+use crate::worktree::read;
+use crate::worktree::verify::{self, Out, Unproven};
 use crate::{Error, Snapshot};
 
 /// A NAR's SHA-256 and length.

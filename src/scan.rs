@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use ignore::{WalkBuilder, WalkState};
 
-use crate::read::{self, Root};
 use crate::tree::{Dir, Entry, File, Node, Symlink};
+use crate::worktree::read::{self, Root};
 use crate::{Error, Snapshot};
 
 mod full;
 mod rules;
+mod update;
+
+pub use update::Changes;
 
 /// Which files of the directory a snapshot takes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

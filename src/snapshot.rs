@@ -1,8 +1,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::read::Root;
 use crate::tree::{Hash, Node};
+use crate::worktree::read::Root;
 
 /// An immutable, content-named view of a project directory.
 ///
@@ -127,7 +127,7 @@ impl Snapshot {
                 path.push(b'/');
             }
             path.extend_from_slice(rel);
-            let closed = crate::read::stat_at(self.root.fd(), &path)
+            let closed = crate::worktree::read::stat_at(self.root.fd(), &path)
                 .is_ok_and(|st| st.st_mode & needs != needs);
             if closed {
                 count += 1;

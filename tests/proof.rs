@@ -178,6 +178,12 @@ fn a_large_file_serves_the_ranges_it_can_prove_and_no_other() {
         let mut head = [0; 4096];
         view.read_exact_at(&mut head, 0).unwrap();
         assert_eq!(head[..2], *b"BA");
+        // The large file's chunk tree is held beside the snapshots, and reported apart.
+        let trees = &d.status(&sb)["chunk_trees"];
+        assert!(
+            trees["trees"].as_u64() >= Some(1) && trees["bytes"].as_u64() > Some(0),
+            "{trees}"
+        );
         let failed = counted(&d, &sb);
         if !write_unseen(&m, &f, 900_001, b'C') {
             continue;

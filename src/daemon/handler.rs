@@ -131,6 +131,7 @@ fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value
         }
     });
     let c = live.counters();
+    let trees = live.chunk_trees();
     serde_json::json!({
         "project": live.dir().display().to_string(),
         "pid": std::process::id(),
@@ -146,6 +147,7 @@ fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value
         "stale_reads": c.stale_reads,
         "torn_reads": c.torn_reads,
         "warmed_dirs": warmed_dirs,
+        "chunk_trees": { "trees": trees.1, "bytes": trees.0 },
         "rss_bytes": rss_bytes(),
         "updating": live.busy().map(|(entries, running)| serde_json::json!({
             "entries": entries,

@@ -25,8 +25,8 @@ use rustix::fs::{AtFlags, FileType, RawDir};
 
 use super::rules::{Found, Level, Rules};
 use super::{note_links, Filter, Links, ScanStats, Scanner};
-use crate::read::{self, Root};
 use crate::tree::{Dir, Entry, File, Name, Node, Stamp, Symlink};
+use crate::worktree::read::{self, Root};
 use crate::Error;
 
 pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), Error> {

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 
 use blake3::hazmat::{self, ChainingValue, HasherExt, Mode};
 
-use crate::read::{open_file_at, stamp_of_file, stamp_of_stat, Root};
 use crate::tree::{File, Hash, NodeId, Stamp};
+use crate::worktree::read::{open_file_at, stamp_of_file, stamp_of_stat, Root};
 use crate::Snapshot;
 
 #[derive(Debug, thiserror::Error)]

@@ -109,7 +109,7 @@ impl Scanner {
             // replaced by a link to where it went): its parent saw that change and is a target
             // too. Walking through the link would fail every update from now on.
             let here: &[u8] = if dir.is_empty() { b"." } else { &dir };
-            if crate::read::open_dir_at(root.fd(), here).is_err() {
+            if crate::worktree::read::open_dir_at(root.fd(), here).is_err() {
                 continue;
             }
             let walk = Walk::new(&self, root, Some(&tree), &fresh);
