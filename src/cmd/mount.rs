@@ -197,8 +197,8 @@ impl Server {
             save_index(index_path.as_deref(), &dir, filter, &live);
 
             let warmer = match args.no_warm {
-                true => None,
-                false => Some(Arc::new(srcstore::daemon::Warmer::start()?)),
+                true => daemon::Warmer::off(),
+                false => daemon::Warmer::start()?,
             };
             let handler = Arc::new(daemon::LiveHandler::new(
                 live.clone(),

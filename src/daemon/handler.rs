@@ -17,21 +17,15 @@ pub struct LiveHandler {
     live: Arc<Live>,
     mountpoint: PathBuf,
     /// Walks a snapshot someone is about to build (a `path` answer, a `watch` run).
-    warmer: Option<Arc<Warmer>>,
+    warmer: Arc<Warmer>,
 }
 
 impl LiveHandler {
-    pub fn new(live: Arc<Live>, mountpoint: PathBuf, warmer: Option<Arc<Warmer>>) -> Self {
+    pub fn new(live: Arc<Live>, mountpoint: PathBuf, warmer: Warmer) -> Self {
         LiveHandler {
             live,
             mountpoint,
-            warmer,
-        }
-    }
-
-    fn warm(&self, snapshot: &Path) {
-        if let Some(w) = &self.warmer {
-            w.warm(snapshot.to_path_buf());
+            warmer: Arc::new(warmer),
         }
     }
 }
@@ -49,7 +43,7 @@ impl Handler for LiveHandler {
                 match snapshot {
                     Ok(s) => {
                         let path = mountpoint.join(s.basename());
-                        self.warm(&path);
+                        self.warmer.warm(&path);
                         ok(Response {
                             path: Some(path.display().to_string()),
                             ..Default::default()
@@ -59,11 +53,7 @@ impl Handler for LiveHandler {
                 }
             }
             Request::Status => ok(Response {
-                status: Some(status(
-                    live,
-                    mountpoint,
-                    self.warmer.as_ref().map_or(0, |w| w.listed()),
-                )),
+                status: Some(status(live, mountpoint, self.warmer.listed())),
                 ..Default::default()
             }),
             Request::Pin {
@@ -99,9 +89,7 @@ impl Handler for LiveHandler {
                 let (kind, path) = match event {
                     LiveEvent::Snapshot(name) => {
                         let path = mountpoint.join(name);
-                        if let Some(w) = &warmer {
-                            w.warm(path.clone());
-                        }
+                        warmer.warm(&path);
                         ("snapshot", path)
                     }
                     LiveEvent::ReadFailed { path, .. } => ("read_failed", path),

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
-/// Walks snapshot directories in the background, newest request first.
+/// Walks snapshot directories in the background, newest request first (or, made with
+/// [`Warmer::off`], walks nothing).
 pub struct Warmer {
-    requests: mpsc::Sender<(u64, PathBuf)>,
+    requests: Option<mpsc::Sender<(u64, PathBuf)>>,
     latest: Arc<AtomicU64>,
     listed: Arc<AtomicU64>,
 }
@@ -46,10 +47,19 @@ impl Warmer {
                 }
             })?;
         Ok(Warmer {
-            requests,
+            requests: Some(requests),
             latest,
             listed,
         })
+    }
+
+    /// A warmer that walks nothing (`srcstore mount --no-warm`).
+    pub fn off() -> Warmer {
+        Warmer {
+            requests: None,
+            latest: Arc::default(),
+            listed: Arc::default(),
+        }
     }
 
     /// Directories listed by every walk so far (`status`'s `warmed_dirs`).
@@ -58,9 +68,11 @@ impl Warmer {
     }
 
     /// Walks `dir` (a snapshot through the daemon's own mount), abandoning any older walk.
-    pub fn warm(&self, dir: PathBuf) {
-        let generation = self.latest.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.requests.send((generation, dir));
+    pub fn warm(&self, dir: &Path) {
+        if let Some(requests) = &self.requests {
+            let generation = self.latest.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = requests.send((generation, dir.to_path_buf()));
+        }
     }
 }
 
