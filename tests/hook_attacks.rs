@@ -474,28 +474,21 @@ struct Cover(PathBuf);
 
 impl Cover {
     fn mount(path: &Path) -> Cover {
-        let c = |p: &str| std::ffi::CString::new(p).unwrap();
-        let target = c(path.to_str().unwrap());
-        // SAFETY: valid, NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c("none").as_ptr(),
-                target.as_ptr(),
-                c("tmpfs").as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        rustix::mount::mount(
+            "none",
+            path,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", path.display()));
         Cover(path.to_path_buf())
     }
 }
 
 impl Drop for Cover {
     fn drop(&mut self) {
-        let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
-        // SAFETY: a valid, NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        support::detach(&self.0);
     }
 }
 

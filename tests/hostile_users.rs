@@ -15,7 +15,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -173,9 +173,7 @@ impl UsersView {
 
 impl Drop for UsersView {
     fn drop(&mut self) {
-        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid, NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        support::detach(&self.mountpoint);
         drop(self.child.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -293,13 +291,11 @@ impl UsersMount {
 
 impl Drop for UsersMount {
     fn drop(&mut self) {
-        let path = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid, NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        support::detach(&self.0);
     }
 }
 
-/// hook/mod.rs `run`: the mount table is read with `fs::read_to_string(...).unwrap_or_default()`,
+/// What this holds against, as the code once did it. hook/mod.rs `run`: the mount table is read with `fs::read_to_string(...).unwrap_or_default()`,
 /// and the kernel prints mountpoints as raw bytes: one mount anywhere at a directory whose name
 /// is not UTF-8 (any user's FUSE mount, here bindfs; a USB stick's label) makes the table
 /// unreadable as a `String`, so the hook sees no view at all. Every snapshot at a mountpoint
@@ -348,7 +344,7 @@ fn a_mount_at_a_non_utf8_directory_hides_no_users_snapshot() {
     );
 }
 
-/// client.rs `connect_within`: a peer running as root is believed whatever the view's owner,
+/// What this holds against, as the code once did it. client.rs `connect_within`: a peer running as root is believed whatever the view's owner,
 /// so a user whose view names a root service's socket makes the root hook connect to it (the
 /// socket's file mode never applies to root) and write a pin request into it; the service's
 /// answer is then taken for the daemon's, and the user's view is staged with no daemon of
@@ -374,7 +370,7 @@ fn a_users_view_naming_a_root_socket_never_makes_root_write_to_it() {
     );
 }
 
-/// hook/mod.rs `serving_daemon`: every `*.sock` entry of a user's own runtime directory is
+/// What this holds against, as the code once did it. hook/mod.rs `serving_daemon`: every `*.sock` entry of a user's own runtime directory is
 /// connected to by path, following symlinks, and a root peer is believed: an entry linking to
 /// a root service's socket makes the root hook write a status request into it.
 #[test]
@@ -440,7 +436,7 @@ fn endless_answer(
     stop
 }
 
-/// client.rs `request`: `read_line` into a `String` with no bound, and a read timeout that
+/// What this holds against, as the code once did it. client.rs `request`: `read_line` into a `String` with no bound, and a read timeout that
 /// only limits each `read`: a daemon that answers one endless line keeps the root hook (and
 /// so the build, and its build user) past the hook's ten seconds, its memory growing for as
 /// long as the daemon likes.
@@ -473,7 +469,7 @@ fn an_endless_answer_never_keeps_the_root_hook_past_its_timeout() {
     );
 }
 
-/// client.rs `connect_within`: the timeouts are set after `connect`, and a Unix stream
+/// What this holds against, as the code once did it. client.rs `connect_within`: the timeouts are set after `connect`, and a Unix stream
 /// `connect` to a listener whose backlog is full waits for as long as the socket's send
 /// timeout (none yet): a socket that never accepts hangs the root hook, and with it the
 /// build and its build user, for ever. The peer check comes after, so any user's socket
@@ -485,49 +481,23 @@ fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
     }
     let sb = open_sandbox();
     let socket = sb.path("full.sock");
-    let path = std::ffi::CString::new(socket.as_os_str().as_bytes()).unwrap();
-    // SAFETY: plain socket calls on a descriptor of ours, with a valid address.
-    let listener = unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (i, b) in path.as_bytes().iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
-            0
-        );
-        assert_eq!(libc::listen(fd, 0), 0);
-        fd
-    };
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(&socket).unwrap();
+    let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&listener, &addr).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
     // Fill the backlog (a connection nobody accepts), without waiting ourselves.
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        // SAFETY: as above.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
-        let stream = unsafe {
-            use std::os::fd::FromRawFd;
-            UnixStream::from_raw_fd(fd)
-        };
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (i, b) in path.as_bytes().iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: as above.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::connect(
-                stream.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                len,
-            )
-        };
-        fillers.push(stream);
+        let filler = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let _ = rustix::net::connect(&filler, &addr);
+        fillers.push(filler);
     }
     fs::create_dir(sb.path("mnt")).unwrap();
     let view = HostileView::mount(&sb.path("mnt"), &socket, Serve::Dir);
@@ -535,8 +505,7 @@ fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
     let mut hook = spawn_hook(&sb, &drv);
     let limit = ANSWER_TIMEOUT + Duration::from_secs(10);
     let (finished, _, wchan) = finishes_within(&mut hook, limit);
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(listener) };
+    drop(listener);
     assert!(
         finished,
         "the root hook was still connecting to a socket that never accepts after {limit:?} \
@@ -544,7 +513,7 @@ fn a_socket_that_never_accepts_never_hangs_the_root_hook() {
     );
 }
 
-/// hook/refs.rs and hook/mod.rs: a view at a user's default place (`/tmp/srcstore-<uid>/…`)
+/// What this holds against, as the code once did it. hook/refs.rs and hook/mod.rs: a view at a user's default place (`/tmp/srcstore-<uid>/…`)
 /// is believed whoever mounted it. When that directory is missing (a cleaned `/tmp`, a
 /// reboot), another user makes it, mounts a view of theirs where a derivation of the victim's
 /// names a snapshot, and builds that derivation (any user may build any `.drv` in the store):
@@ -583,7 +552,7 @@ fn a_view_at_another_users_default_place_is_refused() {
     );
 }
 
-/// cmd/setup.rs `check_root_only` checks the canonical directory, but `--apply` writes the
+/// What this holds against, as the code once did it. cmd/setup.rs `check_root_only` checks the canonical directory, but `--apply` writes the
 /// path as given and names it in nix.conf and in the wrapper: through a symlink that lives in
 /// a directory a user can write, the check passes, and the user re-points the link afterwards
 /// so that nix-daemon, as root, runs the user's file as the hook.
@@ -711,7 +680,7 @@ impl fuser::Filesystem for ManyFs {
     }
 }
 
-/// hook/mod.rs `run` and stage.rs: every snapshot a derivation names costs root one mount in
+/// What this holds against, as the code once did it. hook/mod.rs `run` and stage.rs: every snapshot a derivation names costs root one mount in
 /// nix-daemon's mount namespace (and the sandbox three binds of it), with no bound, and the
 /// mounts stay until the build is over. A user's derivation naming tens of thousands of paths
 /// of a view of theirs (a few MiB of environment) fills that namespace towards `fs.mount-max`
@@ -761,9 +730,7 @@ fn one_derivation_cannot_make_root_mount_without_bound() {
         .collect();
     slots.sort();
     slots.dedup();
-    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid, NUL-terminated path.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    support::detach(&mountpoint);
     assert!(
         slots.len() <= 64,
         "one derivation made the root hook mount {} staged snapshots ({} sandbox lines), with \
@@ -773,7 +740,7 @@ fn one_derivation_cannot_make_root_mount_without_bound() {
     );
 }
 
-/// cmd/setup.rs `write_atomically`: the temporary file has a fixed name beside the target and
+/// What this holds against, as the code once did it. cmd/setup.rs `write_atomically`: the temporary file has a fixed name beside the target and
 /// is opened with `File::create` (follows a symlink, truncates), and `--undo` writes nix.conf
 /// without `check_root_only`. In a configuration directory a user can write, the user plants
 /// `.nix.conf.srcstore-tmp` as a link to any file: root truncates and overwrites that file,

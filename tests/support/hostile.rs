@@ -3,7 +3,7 @@
 //! a control socket that grants every pin without looking.
 #![allow(dead_code)]
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -292,9 +292,7 @@ impl HostileView {
 
 impl Drop for HostileView {
     fn drop(&mut self) {
-        let path = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid, NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        let _ = rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
         // The session ends once nothing holds the filesystem any more. A clone of one of its
         // directories mounted elsewhere, or a copy of the mount in a mount namespace made
         // meanwhile (a concurrent build's), keeps it alive: the connection then ends with this

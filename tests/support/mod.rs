@@ -380,3 +380,8 @@ pub fn own(path: &Path, user: &str, mode: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
     chmod(path, mode);
 }
+
+/// Detaches whatever is mounted at `path` (lazily: open files keep it alive until closed).
+pub fn detach(path: &Path) {
+    let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
+}
