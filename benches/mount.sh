@@ -40,30 +40,9 @@ source "$here/binary.sh"
 daemon_args=(--allow-other --no-ignore)
 [ -n "${THREADS:-}" ] && daemon_args+=(--threads "$THREADS")
 
-T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-mountbench.XXXXXX")
-export XDG_CACHE_HOME=$T/cache # srcstore's index: a fresh one
-mounts=() daemons=()
-cleanup() {
-  local m p
-  for p in "${daemons[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  for m in "${mounts[@]}"; do mountpoint -q "$m" && fusermount3 -u "$m"; done
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
+source "$here/daemon.sh"
+scratch mountbench
 
-# start_daemon DIR MOUNTPOINT: serves DIR, sets DPID and SNAP (the current snapshot's path).
-start_daemon() {
-  mkdir -p "$2"
-  "$B" mount "${daemon_args[@]}" --mountpoint "$2" "$1" 2>>"$T/daemon.log" &
-  DPID=$!; daemons+=("$DPID"); mounts+=("$2")
-  local i
-  for i in $(seq 600); do
-    SNAP=$("$B" path "$1" 2>/dev/null) && return 0
-    kill -0 "$DPID" 2>/dev/null || break
-    sleep 0.1
-  done
-  log "the daemon for $1 did not come up:"; cat "$T/daemon.log" >&2; exit 1
-}
 stop_daemon() {
   kill -TERM "$DPID"; wait "$DPID" || log "daemon $DPID exited with $?"
   local p rest=(); for p in "${daemons[@]}"; do [ "$p" = "$DPID" ] || rest+=("$p"); done; daemons=("${rest[@]}")
@@ -81,8 +60,6 @@ tm() { # NAME CMD...: runs CMD once (stdout discarded), appends its wall time in
 }
 read_all() { find "$1" -type f -print0 | xargs -0 cat; }
 stat_all() { find "$1" -type f -printf '%s\n'; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 pct() { tr ' ' '\n' | grep . | sort -n | awk -v p="$1" '{a[NR]=$1} END{i=int((p*NR+99)/100); if(i<1)i=1; print a[i]}'; }
 msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
@@ -97,7 +74,7 @@ C=$T/corpus
 python3 "$shared/gen-corpus-synth.py" "$C" >/dev/null
 mapfile -t corpus_files < <(cd "$C" && find . -type f | sort)
 sync
-start_daemon "$C" "$T/mnt/srcstore"; SS_PID=$DPID
+start_daemon "$B" "$C" "$T/mnt/srcstore" "${daemon_args[@]}"; SS_PID=$DPID
 declare -A view
 view[native]=$C
 view[srcstore]=$SNAP
@@ -169,7 +146,7 @@ hz=$(getconf CLK_TCK)
 for n in $EDIT_SIZES; do
   d=$T/many/n$n; python3 "$here/gen-many-files.py" "$d" "$n" >/dev/null; sync
   mapfile -t files < <(cd "$d" && find . -type f | sort)
-  start_daemon "$d" "$T/mnt/n$n"
+  start_daemon "$B" "$d" "$T/mnt/n$n" "${daemon_args[@]}"
   rss0[$n]=$(status_field "$d" rss_bytes)
   stat_all "$SNAP" >/dev/null # the kernel now holds every inode of the view
   rss1[$n]=$(status_field "$d" rss_bytes)

@@ -42,30 +42,9 @@ source "$here/binary.sh"; B0=$B; v0=$version
 SRCSTORE=$user_srcstore REV=$after_rev
 source "$here/binary.sh"; B1=$B; v1=$version
 
-T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-proofbench.XXXXXX")
-export XDG_CACHE_HOME=$T/cache
-daemons=() mounts=()
-cleanup() {
-  local p m
-  for p in "${daemons[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  for m in "${mounts[@]}"; do mountpoint -q "$m" && fusermount3 -u "$m"; done
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
+source "$here/daemon.sh"
+scratch proofbench
 
-# start BINARY DIR MOUNTPOINT: serves DIR; sets SNAP (its snapshot's path) and DPID.
-start() {
-  mkdir -p "$3"
-  "$1" mount --allow-other --no-ignore --mountpoint "$3" "$2" 2>>"$T/daemon.log" &
-  DPID=$!; daemons+=("$DPID"); mounts+=("$3")
-  local i
-  for i in $(seq 600); do
-    SNAP=$("$1" path "$2" 2>/dev/null) && return 0
-    kill -0 "$DPID" 2>/dev/null || break
-    sleep 0.1
-  done
-  log "the daemon for $2 did not come up:"; cat "$T/daemon.log" >&2; exit 1
-}
 field() { "$1" status --json "$2" | sed -E "s/.*\"$3\":([0-9.]+).*/\\1/"; }
 
 declare -A S
@@ -77,8 +56,6 @@ tm() { # NAME CMD...: runs CMD once (stdout discarded), appends its wall time in
   S[$k]+="$(( ${t1/./} - ${t0/./} )) "
 }
 read_all() { find "$1" -type f -print0 | xargs -0 cat; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 # paired A B: the median of the per-round ratios of two sample lists taken in the same rounds.
@@ -101,8 +78,8 @@ log "first read-all after drop_caches: $ROUNDS rounds"
 cpu0=0 cpu1=0
 for r in $(seq 1 "$ROUNDS"); do
   a=$(( r % 2 )) b=$(( (r + 1) % 2 ))
-  start "$B0" "$T/c$a" "$T/mnt$a"; V0=$SNAP; P0=$DPID
-  start "$B1" "$T/c$b" "$T/mnt$b"; V1=$SNAP; P1=$DPID
+  start_daemon "$B0" "$T/c$a" "$T/mnt$a" --allow-other --no-ignore; V0=$SNAP; P0=$DPID
+  start_daemon "$B1" "$T/c$b" "$T/mnt$b" --allow-other --no-ignore; V1=$SNAP; P1=$DPID
   if [ "$r" = 1 ]; then
     for v in "$V0" "$V1"; do [ "$(checksum "$v")" = "$want" ] || { log "$v does not show the corpus byte for byte"; exit 1; }; done
   fi
