@@ -5,8 +5,11 @@
 #                                       unless KEEP=1) and XDG_CACHE_HOME (a fresh index in it)
 #   start_daemon BINARY DIR MNT ARG...  `BINARY mount ARG... --mountpoint MNT DIR`; waits until it
 #                                       answers; sets DPID and SNAP (the current snapshot's path)
+#   field BINARY DIR NAME               a number of DIR's daemon's `status`
+#   tm NAME CMD...                      runs CMD once, appends its wall time in µs to S[NAME]
+#   read_all DIR                        every file's bytes, to stdout
 #   drop                                drops every cache (page cache, dentries, inodes)
-#   med                                 the median of the numbers on stdin
+#   med, msof µs, ratio A B             the median of the numbers on stdin; µs as ms; A / B
 daemons=() mounts=()
 scratch() {
   T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-$1.XXXXXX")
@@ -34,3 +37,15 @@ start_daemon() {
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { "$1" status --json "$2" | sed -E "s/.*\"$3\":([0-9.]+).*/\\1/"; }
+declare -A S
+tm() {
+  local k=$1; shift
+  local t0=$EPOCHREALTIME
+  "$@" >/dev/null 2>"$T/err" || { log "failed: $*"; cat "$T/err" >&2; exit 1; }
+  local t1=$EPOCHREALTIME
+  S[$k]+="$(( ${t1/./} - ${t0/./} )) "
+}
+read_all() { find "$1" -type f -print0 | xargs -0 cat; }
+msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }

@@ -47,22 +47,10 @@ stop_daemon() {
   kill -TERM "$DPID"; wait "$DPID" || log "daemon $DPID exited with $?"
   local p rest=(); for p in "${daemons[@]}"; do [ "$p" = "$DPID" ] || rest+=("$p"); done; daemons=("${rest[@]}")
 }
-status_field() { "$B" status --json "$1" | sed -E "s/.*\"$2\":([0-9.]+).*/\\1/"; }
 
 # --- measuring ---------------------------------------------------------------------------------
-declare -A S
-tm() { # NAME CMD...: runs CMD once (stdout discarded), appends its wall time in µs to S[NAME].
-  local k=$1; shift
-  local t0=$EPOCHREALTIME
-  "$@" >/dev/null 2>"$T/err" || { log "failed: $*"; cat "$T/err" >&2; exit 1; }
-  local t1=$EPOCHREALTIME
-  S[$k]+="$(( ${t1/./} - ${t0/./} )) "
-}
-read_all() { find "$1" -type f -print0 | xargs -0 cat; }
 stat_all() { find "$1" -type f -printf '%s\n'; }
 pct() { tr ' ' '\n' | grep . | sort -n | awk -v p="$1" '{a[NR]=$1} END{i=int((p*NR+99)/100); if(i<1)i=1; print a[i]}'; }
-msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 checksum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum); }
 # edit FILE: new content, unique per call, so no snapshot is ever served twice.
 nedit=0
@@ -133,9 +121,9 @@ for r in $(seq 1 "$FRESH_ROUNDS"); do
   done
 done
 [ "$(checksum "${view[srcstore]}")" = "$(checksum "$C")" ] || log "WARNING: the last snapshot is not the corpus byte for byte"
-errors=$(( $(status_field "$C" stale_reads) + $(status_field "$C" torn_reads) ))
+errors=$(( $(field "$B" "$C" stale_reads) + $(field "$B" "$C" torn_reads) ))
 [ "$errors" = 0 ] || log "WARNING: $errors stale or torn reads on the corpus"
-SS_CORPUS_RSS=$(status_field "$C" rss_bytes)
+SS_CORPUS_RSS=$(field "$B" "$C" rss_bytes)
 DPID=$SS_PID; stop_daemon
 for m in "$T/mnt/bindfs" "$T/mnt/bindfs-kc"; do fusermount3 -u "$m"; done
 
@@ -147,16 +135,16 @@ for n in $EDIT_SIZES; do
   d=$T/many/n$n; python3 "$here/gen-many-files.py" "$d" "$n" >/dev/null; sync
   mapfile -t files < <(cd "$d" && find . -type f | sort)
   start_daemon "$B" "$d" "$T/mnt/n$n" "${daemon_args[@]}"
-  rss0[$n]=$(status_field "$d" rss_bytes)
+  rss0[$n]=$(field "$B" "$d" rss_bytes)
   stat_all "$SNAP" >/dev/null # the kernel now holds every inode of the view
-  rss1[$n]=$(status_field "$d" rss_bytes)
+  rss1[$n]=$(field "$B" "$d" rss_bytes)
   for i in $(seq 1 "$EDITS"); do
     f=$d/${files[$(( (i * 7919) % ${#files[@]} ))]}
     sleep 0.05
     t0=$EPOCHREALTIME; edit "$f"; "$B" path "$d" >/dev/null; t1=$EPOCHREALTIME
     S[path:n$n]+="$(( ${t1/./} - ${t0/./} )) "
   done
-  pid=$(status_field "$d" pid)
+  pid=$(field "$B" "$d" pid)
   sleep 2
   a=$(awk '{print $14 + $15}' "/proc/$pid/stat"); sleep 10; b=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   idle[$n]=$(awk -v d=$((b - a)) -v hz="$hz" 'BEGIN{printf "%.2f", 100 * d / hz / 10}')

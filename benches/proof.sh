@@ -45,19 +45,7 @@ source "$here/binary.sh"; B1=$B; v1=$version
 source "$here/daemon.sh"
 scratch proofbench
 
-field() { "$1" status --json "$2" | sed -E "s/.*\"$3\":([0-9.]+).*/\\1/"; }
 
-declare -A S
-tm() { # NAME CMD...: runs CMD once (stdout discarded), appends its wall time in µs to S[NAME].
-  local k=$1; shift
-  local t0=$EPOCHREALTIME
-  "$@" >/dev/null 2>"$T/err" || { log "failed: $*"; cat "$T/err" >&2; exit 1; }
-  local t1=$EPOCHREALTIME
-  S[$k]+="$(( ${t1/./} - ${t0/./} )) "
-}
-read_all() { find "$1" -type f -print0 | xargs -0 cat; }
-msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 # paired A B: the median of the per-round ratios of two sample lists taken in the same rounds.
 paired() { paste <(echo "$1" | tr ' ' '\n' | grep .) <(echo "$2" | tr ' ' '\n' | grep .) |
   awk '{print $1 / $2}' | sort -g | awk '{a[NR]=$1} END{printf "%.2f", (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
