@@ -13,8 +13,10 @@
 //! println!("{}", snap.basename());
 //! # Ok::<(), srcstore::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+// `unsafe` lives in one module, `hook::idmap` (two system calls rustix does not wrap).
+#![deny(unsafe_code)]
 
+pub mod cache;
 pub mod daemon;
 mod error;
 pub mod hook;

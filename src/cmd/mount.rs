@@ -204,6 +204,8 @@ impl Server {
                 live.clone(),
                 mountpoint.clone(),
                 warmer,
+                index::default_cache_dir()
+                    .map(|home| srcstore::cache::Volume::at(paths::volume_path(&home, &dir))),
             ));
 
             let options = srcstore_fuse::Options {

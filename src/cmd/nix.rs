@@ -8,6 +8,9 @@ pub enum Nix {
     Hook(HookArgs),
     /// Show (and with --apply, make) the nix.conf change srcstore needs.
     Setup(super::setup::Args),
+    /// Internal: the hook's helper holding a user namespace for an id-mapped cache volume.
+    #[command(hide = true)]
+    HoldUserNamespace,
 }
 
 #[derive(clap::Args)]
@@ -25,6 +28,10 @@ pub fn run(cmd: Nix) -> anyhow::Result<ExitCode> {
     match cmd {
         Nix::Hook(args) => run_hook(args),
         Nix::Setup(args) => super::setup::run(args),
+        Nix::HoldUserNamespace => {
+            srcstore::hook::idmap::hold_user_namespace()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

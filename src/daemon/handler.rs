@@ -7,6 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use super::{Handler, Request, Response, Warmer};
+use crate::cache::Volume;
 use crate::live::{Event as LiveEvent, Live};
 
 /// How long `path` waits for the watcher to see its cookie.
@@ -18,14 +19,22 @@ pub struct LiveHandler {
     mountpoint: PathBuf,
     /// Walks a snapshot someone is about to build (a `path` answer, a `watch` run).
     warmer: Arc<Warmer>,
+    /// The project's compile cache volume, if it has a place (a cache home).
+    volume: Option<Volume>,
 }
 
 impl LiveHandler {
-    pub fn new(live: Arc<Live>, mountpoint: PathBuf, warmer: Warmer) -> Self {
+    pub fn new(
+        live: Arc<Live>,
+        mountpoint: PathBuf,
+        warmer: Warmer,
+        volume: Option<Volume>,
+    ) -> Self {
         LiveHandler {
             live,
             mountpoint,
             warmer: Arc::new(warmer),
+            volume,
         }
     }
 }
@@ -76,6 +85,18 @@ impl Handler for LiveHandler {
                 false => Response::error(format!("no pin {id}")),
             },
             Request::Subscribe => Response::error("subscribe is answered by the connection"),
+            Request::Volume { partition } => match &self.volume {
+                None => Response::error(
+                    "this daemon has no cache volume (neither XDG_CACHE_HOME nor HOME is set)",
+                ),
+                Some(volume) => match volume.partition(&partition) {
+                    Ok(dir) => ok(Response {
+                        path: Some(dir.display().to_string()),
+                        ..Default::default()
+                    }),
+                    Err(e) => Response::error(e.to_string()),
+                },
+            },
         }
     }
 

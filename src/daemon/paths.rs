@@ -98,6 +98,11 @@ pub fn lock_path(runtime: &Path, project: &Path) -> PathBuf {
     runtime.join(format!("{}.lock", key(project)))
 }
 
+/// The project's compile cache volume, `volumes/<key>` under the cache home.
+pub fn volume_path(cache_home: &Path, project: &Path) -> PathBuf {
+    cache_home.join("volumes").join(key(project))
+}
+
 /// `<runtime>/<name>-<key>`: one mountpoint per project, readable by name.
 pub fn default_mountpoint(runtime: &Path, project: &Path, name: &str) -> PathBuf {
     runtime.join(format!("{name}-{}", &key(project)[..8]))

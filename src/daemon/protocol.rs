@@ -39,6 +39,11 @@ pub enum Request {
     /// snapshot (`event: "snapshot"`, `path`) or a read that failed because a file changed
     /// (`event: "read_failed"`, `path` of the file).
     Subscribe,
+    /// The directory of the project's compile cache partition `partition`, made if missing
+    /// (`path`). Asked by the hook for a build that sets `srcstoreCache`.
+    Volume {
+        partition: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

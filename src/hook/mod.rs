@@ -8,10 +8,12 @@
 //! the view's owner, and sees it only through a clone that [`stage`] made of the directory it
 //! resolved itself. Each snapshot stays pinned until the build's chroot is gone.
 
+pub mod idmap;
 mod mountinfo;
 mod namespace;
 mod refs;
 mod stage;
+mod volume;
 
 use std::fmt;
 use std::fs;
@@ -28,6 +30,7 @@ use std::os::unix::fs::MetadataExt;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::cache;
 use crate::daemon::{paths, Client, Request, PROTOCOL_VERSION};
 use crate::nix::drv;
 
@@ -133,12 +136,110 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
             })?;
             staged.push(slot);
         }
-        sandbox_block(&refs, &staged)
+        let mut block = sandbox_block(&refs, &staged)?;
+        if let Some(partition) = asks_for_cache(&derivation, drv)? {
+            let line = match cache_volume(&refs, &partition, drv, chroot, staging.as_mut()) {
+                Ok(line) => line,
+                Err(volume::Denied(why)) => denied_line(drv, &why, staging.as_mut())?,
+            };
+            block.insert_str(block.len() - 1, &line);
+        }
+        Ok(block)
     })();
     if let (Err(_), Some(staging)) = (&result, staging) {
         staging.abandon();
     }
     result
+}
+
+/// The cache partition the derivation asks for with `srcstoreCache`, checked.
+fn asks_for_cache(derivation: &drv::Derivation, drv: &Path) -> Result<Option<String>, HookError> {
+    let Some((_, name)) = derivation.env.iter().find(|(k, _)| k == cache::ATTRIBUTE) else {
+        return Ok(None);
+    };
+    cache::check_partition_name(name).map_err(|e| HookError::new(drv, e))?;
+    Ok(Some(name.clone()))
+}
+
+/// The sandbox line that mounts the partition of the main snapshot's project at
+/// [`cache::STABLE_CACHE`], for a build its owner or root asked for (see `volume`).
+fn cache_volume(
+    refs: &[Reference],
+    partition: &str,
+    drv: &Path,
+    chroot: Option<&Path>,
+    staging: Option<&mut stage::Staging>,
+) -> Result<String, volume::Denied> {
+    let main = refs.iter().find(|r| r.is_src).unwrap_or(&refs[0]);
+    let view = main.view.as_ref().expect("a staged snapshot has a view");
+    let owner = view.owner.unwrap_or(0);
+    let parent = rustix::process::getppid()
+        .ok_or_else(|| volume::Denied("the hook has no parent to ask".into()))?;
+    let asker = volume::requester(parent)?;
+    if asker != 0 && asker != owner {
+        return Err(volume::Denied(format!(
+            "asked for by uid {asker}, but the project's cache is uid {owner}'s: only its owner's builds use it"
+        )));
+    }
+    let denied = |e: std::io::Error| volume::Denied(format!("{}: {e}", view.socket.display()));
+    let mut client = Client::connect_within(&view.socket, owner, ANSWER_TIMEOUT).map_err(denied)?;
+    let answer = client
+        .request(Request::Volume {
+            partition: partition.to_owned(),
+        })
+        .map_err(denied)?;
+    let path = match answer {
+        a if a.ok => PathBuf::from(a.path.unwrap_or_default()),
+        a => {
+            return Err(volume::Denied(format!(
+                "its daemon has no cache volume for it: {}",
+                a.error
+                    .unwrap_or_else(|| "it does not know the request; restart it".into())
+            )))
+        }
+    };
+    let (dir, owner_gid) = volume::open(&path, owner)?;
+    let outside = match staging {
+        // Not root: the build runs as this user, who can only be the owner here.
+        None if owner == rustix::process::geteuid().as_raw() => path.clone(),
+        None => {
+            return Err(volume::Denied(format!(
+                "{}: another user's volume",
+                path.display()
+            )))
+        }
+        Some(staging) => {
+            let (build_uid, build_gid) = volume::build_user(parent, drv, chroot)?;
+            let map = idmap::Mapping {
+                owner_uid: owner,
+                owner_gid,
+                build_uid,
+                build_gid,
+            };
+            staging
+                .stage_volume(&dir, map)
+                .map_err(|e| volume::Denied(format!("{}: cannot mount it ({e})", path.display())))?
+        }
+    };
+    refs::sandbox_line(&path, Path::new(cache::STABLE_CACHE), &outside)
+        .map_err(|e| volume::Denied(e.to_string()))
+}
+
+/// Where a build that asked for the volume and got none reads why; said on stderr too.
+fn denied_line(
+    drv: &Path,
+    why: &str,
+    staging: Option<&mut stage::Staging>,
+) -> Result<String, HookError> {
+    let note = format!("srcstore: built without the cache volume: {why}");
+    eprintln!("{}", HookError::new(drv, &note));
+    let Some(staging) = staging else {
+        return Ok(String::new());
+    };
+    let file = staging
+        .note(&note)
+        .map_err(|e| HookError::new(STAGE_ROOT, format!("cannot write there ({e})")))?;
+    refs::sandbox_line(drv, Path::new(cache::DENIED_NOTE), &file)
 }
 
 /// Joins the mount namespace the build's sandbox is cloned from (see `namespace`); a hook calls

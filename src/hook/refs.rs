@@ -190,7 +190,11 @@ pub fn refusal_block(refusal: &HookError) -> String {
 /// One `INSIDE=OUTSIDE` line. Nix splits the hook's output at newlines and each line at its
 /// first `=`, so a path holding either would say something else than meant (a mountpoint with
 /// a newline in it could add a line of its own): such a path is refused, never written.
-fn sandbox_line(named: &Path, inside: &Path, outside: &Path) -> Result<String, HookError> {
+pub(super) fn sandbox_line(
+    named: &Path,
+    inside: &Path,
+    outside: &Path,
+) -> Result<String, HookError> {
     for p in [inside, outside] {
         let s = p
             .to_str()

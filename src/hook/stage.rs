@@ -19,7 +19,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 
+use super::idmap::{self, Mapping};
 use super::mountinfo::ViewMount;
 use super::HookError;
 
@@ -113,23 +114,39 @@ impl Staging {
 
     /// Mounts a clone of the directory `dir` (from [`resolve`]) on the next slot; its path.
     pub fn stage(&mut self, dir: &OwnedFd) -> std::io::Result<PathBuf> {
+        let slot = self.next_slot()?;
+        attach(&clone_of(dir)?, &slot)?;
+        Ok(slot)
+    }
+
+    /// Mounts an id-mapped clone of the volume directory `dir` (from `volume::open`) on the
+    /// next slot, showing `map`'s owner as its build user; its path.
+    pub fn stage_volume(&mut self, dir: &OwnedFd, map: Mapping) -> std::io::Result<PathBuf> {
+        let slot = self.next_slot()?;
+        let tree = clone_of(dir)?;
+        if !map.is_identity() {
+            idmap::set_idmap(&tree, idmap::user_namespace(map)?)?;
+        }
+        attach(&tree, &slot)?;
+        Ok(slot)
+    }
+
+    /// A file `note` in this staging holding `text` and a newline, readable by the build.
+    pub fn note(&mut self, text: &str) -> std::io::Result<PathBuf> {
+        let path = self.dir.join("note");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)?;
+        writeln!(f, "{text}")?;
+        Ok(path)
+    }
+
+    fn next_slot(&mut self) -> std::io::Result<PathBuf> {
         let slot = self.dir.join(self.slots.to_string());
         self.slots += 1;
         fs::DirBuilder::new().mode(0o700).create(&slot)?;
-        let tree = rustix::mount::open_tree(
-            dir,
-            "",
-            OpenTreeFlags::OPEN_TREE_CLONE
-                | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                | OpenTreeFlags::AT_EMPTY_PATH,
-        )?;
-        rustix::mount::move_mount(
-            &tree,
-            "",
-            CWD,
-            &slot,
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )?;
         Ok(slot)
     }
 
@@ -137,6 +154,27 @@ impl Staging {
     pub fn abandon(self) {
         remove(&self.dir);
     }
+}
+
+/// A detached clone of exactly the directory `dir` (no mounts below it).
+fn clone_of(dir: &OwnedFd) -> std::io::Result<OwnedFd> {
+    Ok(rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?)
+}
+
+fn attach(tree: &OwnedFd, slot: &Path) -> std::io::Result<()> {
+    Ok(rustix::mount::move_mount(
+        tree,
+        "",
+        CWD,
+        slot,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?)
 }
 
 /// The staging root, made if `create` and checked: root's own directory, closed to others.
@@ -201,7 +239,8 @@ fn remove(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if entry.file_name() == "build" {
+            // The record and a note are files; every other entry a slot with a mount on it.
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = fs::remove_file(&path);
                 continue;
             }

@@ -302,6 +302,12 @@ pub struct NixBuild<'a> {
 impl<'a> NixBuild<'a> {
     /// `script` runs in a busybox shell with `$src` and `$out`; the expression takes `src`.
     pub fn new(sb: &'a Sandbox, name: &str, script: &str) -> Self {
+        Self::with_attrs(sb, name, script, "{ }")
+    }
+
+    /// As [`NixBuild::new`], with the attribute set `attrs` (a Nix expression such as
+    /// `{ srcstoreCache = "t"; }`) merged into the derivation's.
+    pub fn with_attrs(sb: &'a Sandbox, name: &str, script: &str, attrs: &str) -> Self {
         let bb = busybox_store_path();
         let expr = sb.path(&format!("{name}.nix"));
         let script = script
@@ -311,9 +317,9 @@ impl<'a> NixBuild<'a> {
         fs::write(
             &expr,
             format!(
-                "{{ src }}: let bb = builtins.storePath \"{bb}\"; in derivation {{ name = \"{name}\"; \
+                "{{ src }}: let bb = builtins.storePath \"{bb}\"; in derivation ({{ name = \"{name}\"; \
                  system = builtins.currentSystem; builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; \
-                 inherit src; args = [ \"-c\" \"{script}\" ]; }}"
+                 inherit src; args = [ \"-c\" \"{script}\" ]; }} // ({attrs}))"
             ),
         )
         .unwrap();
@@ -384,4 +390,40 @@ pub fn own(path: &Path, user: &str, mode: u32) {
 /// Detaches whatever is mounted at `path` (lazily: open files keep it alive until closed).
 pub fn detach(path: &Path) {
     let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
+}
+
+/// While alive, holds Nix's lock on every build user but `user`, so that the next build runs
+/// as `user` (Nix takes the first free one; a build waits while none is).
+pub struct OnlyBuildUser {
+    _locks: Vec<fs::File>,
+}
+
+impl OnlyBuildUser {
+    pub fn new(user: &str) -> Self {
+        let group = Command::new("getent")
+            .args(["group", "nixbld"])
+            .output()
+            .unwrap();
+        let members = String::from_utf8(group.stdout).unwrap();
+        let members = members.trim().rsplit(':').next().unwrap().to_owned();
+        let pool = Path::new("/nix/var/nix/userpool");
+        fs::create_dir_all(pool).unwrap();
+        let lock = |name: &str| {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(pool.join(name))
+                .unwrap();
+            // Another test's build may hold it for a moment.
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+            file
+        };
+        // One holder at a time: two taking all but one each would wait on each other's builds.
+        let mut locks = vec![lock(".srcstore-tests")];
+        for other in members.split(',').filter(|m| *m != user) {
+            locks.push(lock(&uid_of(other).to_string()));
+        }
+        OnlyBuildUser { _locks: locks }
+    }
 }

@@ -1,0 +1,71 @@
+# srcstore's compile caches: one line in a derivation, one in its build script.
+#
+#   let cache = import /path/to/srcstore/nix/cache.nix; in
+#   derivation ({ name = "app"; builder = ...; args = [ "-c" ''
+#     . "$srcstoreCacheSetup"
+#     go build -o $out/bin/app .
+#   '' ]; ... } // cache.go { })
+#
+# Each function returns two attributes:
+#   srcstoreCache       the partition of the project's cache volume srcstore's pre-build hook
+#                       mounts at /srcstore/cache (for a build the project's owner asked for);
+#   srcstoreCacheSetup  a POSIX shell script to source first: it points the compiler at the
+#                       volume, or, when there is none (a build without srcstore, another
+#                       machine, CI, a volume that cannot be written), at a directory in the
+#                       build's own TMPDIR, so the same expression builds as an ordinary pure
+#                       build. It says on stderr why a build runs without the volume.
+#
+# With nixpkgs' stdenv: `preBuild = ". $srcstoreCacheSetup";`.
+#
+# Only caches keyed by content are used: Go's build cache (with -trimpath, so the source's
+# path does not enter its keys), ccache, Zig's caches (Zig also trusts an unchanged inode,
+# mtime and size, which srcstore never gives other content). No build directory that a tool
+# judges fresh by mtimes (make, ninja, cargo's target/) belongs in the volume: srcstore shows
+# every file with mtime 1, so an edited file would look unchanged.
+let
+  common = ''
+    if [ -e /srcstore/no-cache ]; then cat /srcstore/no-cache >&2; fi
+    SRCSTORE_CACHE=
+    if [ -d /srcstore/cache ]; then
+      srcstore_probe=/srcstore/cache/.probe.$$
+      if head -c 1048576 /dev/zero > "$srcstore_probe" 2>/dev/null; then
+        SRCSTORE_CACHE=/srcstore/cache
+      else
+        echo "srcstore: the cache volume cannot be written (full?): building without it" >&2
+      fi
+      rm -f "$srcstore_probe"
+    fi
+    if [ -z "$SRCSTORE_CACHE" ]; then
+      SRCSTORE_CACHE=''${TMPDIR:-/tmp}/srcstore-cache
+      mkdir -p "$SRCSTORE_CACHE"
+    fi
+    export SRCSTORE_CACHE
+  '';
+  with' = default: script: { partition ? default }: {
+    srcstoreCache = partition;
+    srcstoreCacheSetup = builtins.toFile "srcstore-cache-${default}.sh" (common + script);
+  };
+in
+{
+  # Go's build cache. -trimpath keeps the source's path out of its keys.
+  go = with' "go" ''
+    export GOCACHE="$SRCSTORE_CACHE/go-build"
+    export GOFLAGS="-trimpath ''${GOFLAGS:-}"
+    export GOPATH="''${TMPDIR:-/tmp}/go" GOTOOLCHAIN=local
+  '';
+
+  # Zig's global and local caches.
+  zig = with' "zig" ''
+    export ZIG_GLOBAL_CACHE_DIR="$SRCSTORE_CACHE/zig-global"
+    export ZIG_LOCAL_CACHE_DIR="$SRCSTORE_CACHE/zig-local"
+  '';
+
+  # ccache for C and C++: put `ccache` before the compiler (CC="ccache gcc").
+  ccache = with' "ccache" ''
+    export CCACHE_DIR="$SRCSTORE_CACHE/ccache"
+    export CCACHE_BASEDIR="''${CCACHE_BASEDIR:-''${NIX_BUILD_TOP:-/build}}" CCACHE_NOHASHDIR=1
+  '';
+
+  # Only the shared part: $SRCSTORE_CACHE, for a tool of your own.
+  dir = with' "misc" "";
+}

@@ -1,0 +1,198 @@
+//! Whether a build gets its project's compile cache volume, and the checked directory if so.
+//!
+//! `.drv` files are world-readable and snapshot paths are not secret: any local user can write a
+//! derivation that names someone else's snapshot and asks for its cache, and a cache keyed by
+//! input hashes is then poisoned for its owner. So the volume is mounted only for a build its
+//! owner (or root) asked for. Who asked: under nix-daemon, the hook's parent is the worker that
+//! serves one client connection, and the peer of that connection ([`requester`]) is the client,
+//! run by the requesting user; otherwise the parent is the user's own Nix process. When two
+//! clients wait on one derivation, the worker that takes the build's lock first builds it, and
+//! the hook judges that worker's client: the other client gets the output, never the volume.
+//!
+//! A build that does not get the volume still builds: it gets no `/srcstore/cache`, and one
+//! line saying why ([`Denied`]).
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
+
+/// Why a build that asked gets no volume: one line for its log.
+#[derive(Debug)]
+pub struct Denied(pub String);
+
+/// The uid of the user who asked for the build the hook (a child of `parent`) runs for.
+pub fn requester(parent: Pid) -> Result<u32, Denied> {
+    let proc = format!("/proc/{}", parent.as_raw_nonzero());
+    let comm = fs::read_to_string(format!("{proc}/comm")).unwrap_or_default();
+    if comm.trim_end() != "nix-daemon" {
+        return real_uid(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")));
+    }
+    // The worker holds its client's connection: an accepted socket, named by the daemon's
+    // listening address. Its peer credentials are the client's, fixed when it connected.
+    let pidfd = rustix::process::pidfd_open(parent, PidfdFlags::empty())
+        .map_err(|e| Denied(format!("cannot look at nix-daemon's worker ({e})")))?;
+    let mut uids = Vec::new();
+    for fd in fs::read_dir(format!("{proc}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let is_socket = fs::read_link(fd.path())
+            .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"socket:"));
+        let Some(n) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let Ok(sock) = rustix::process::pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        if let Some(uid) = accepted_peer(&sock) {
+            uids.push(uid);
+        }
+    }
+    uids.dedup();
+    match uids[..] {
+        [uid] => Ok(uid),
+        [] => Err(Denied(
+            "cannot find the client of nix-daemon's worker".into(),
+        )),
+        _ => Err(Denied(
+            "nix-daemon's worker holds connections of several users".into(),
+        )),
+    }
+}
+
+/// The peer uid of `sock` if it is a Unix socket accepted from a named listener.
+fn accepted_peer(sock: &OwnedFd) -> Option<u32> {
+    let local = rustix::net::getsockname(sock).ok()?;
+    let local = rustix::net::SocketAddrUnix::try_from(local).ok()?;
+    local.path()?;
+    let cred = rustix::net::sockopt::socket_peercred(sock).ok()?;
+    Some(cred.uid.as_raw())
+}
+
+fn real_uid(proc: &str) -> Option<u32> {
+    let status = fs::read_to_string(format!("{proc}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The user and group the build runs as, on the host. Nix 2.8 does not tell the hook; it holds
+/// a lock on `userpool/<uid>` for every build user it took, and made the build's directory
+/// (`nix-build-<name>.drv-N` in its `TMPDIR`) the build user's just before running the hook.
+/// With no lock held (`build-users-group =`), the build runs as its Nix process's user.
+pub fn build_user(parent: Pid, drv: &Path, chroot: Option<&Path>) -> Result<(u32, u32), Denied> {
+    let proc = format!("/proc/{}", parent.as_raw_nonzero());
+    let mut locks: Vec<u32> = fs::read_dir(format!("{proc}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            let uid = target.strip_prefix("/nix/var/nix/userpool").ok()?;
+            uid.to_str()?.parse().ok()
+        })
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    if locks.is_empty() {
+        let uid = real_uid(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")))?;
+        return Ok((uid, primary_gid(uid).unwrap_or(uid)));
+    }
+    let uid = match locks[..] {
+        [uid] => uid,
+        _ => {
+            // Several builds at once: this one's directory is the build user's.
+            let name = drv.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = name.split_once('-').map_or(name, |(_, n)| n);
+            let tmp =
+                std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+            let owners: Vec<u32> = build_dirs(&tmp, name)
+                .into_iter()
+                .filter(|u| locks.contains(u))
+                .collect();
+            match owners[..] {
+                [uid] => uid,
+                _ => {
+                    return Err(Denied(format!(
+                        "cannot tell which of the build users {locks:?} builds it"
+                    )))
+                }
+            }
+        }
+    };
+    // Nix gives the chroot to root and the build group.
+    let gid = chroot
+        .and_then(|c| fs::symlink_metadata(c).ok())
+        .filter(|m| m.uid() == 0)
+        .map(|m| m.gid())
+        .or_else(|| primary_gid(uid))
+        .ok_or_else(|| Denied(format!("cannot tell the group of build user {uid}")))?;
+    Ok((uid, gid))
+}
+
+/// Owners of `<tmp>/nix-build-<name>-N` directories.
+fn build_dirs(tmp: &Path, name: &str) -> Vec<u32> {
+    let prefix = format!("nix-build-{name}-");
+    let mut owners: Vec<u32> = fs::read_dir(tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| {
+            let m = fs::symlink_metadata(e.path()).ok()?;
+            m.is_dir().then(|| m.uid())
+        })
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    owners
+}
+
+fn primary_gid(uid: u32) -> Option<u32> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
+    })
+}
+
+/// Opens the volume directory `path` (from its daemon) as root must: no symlink followed
+/// anywhere in it, a directory owned by `owner`, mode 0700. Its owner's group with it.
+pub fn open(path: &Path, owner: u32) -> Result<(OwnedFd, u32), Denied> {
+    let dir = rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        Denied(format!(
+            "{}: cannot open it without following symlinks ({e})",
+            path.display()
+        ))
+    })?;
+    let st = rustix::fs::fstat(&dir)
+        .map_err(|e| Denied(format!("{}: cannot stat it ({e})", path.display())))?;
+    if st.st_uid != owner || st.st_mode & 0o7777 != 0o700 {
+        return Err(Denied(format!(
+            "{}: not the daemon's user's private directory (owner {}, mode {:o}); `chmod 700` it",
+            path.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok((dir, st.st_gid))
+}

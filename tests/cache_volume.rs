@@ -1,0 +1,238 @@
+//! The compile cache volume, with real sandboxed nix-builds and build users: a derivation that
+//! names a snapshot and sets `srcstoreCache` gets its project's partition, writable, at
+//! `/srcstore/cache`, whichever build user Nix picks; nothing else gets anything.
+//!
+//! The daemon here runs as root; `multi_user.rs` has a user's daemon behind nix-daemon and
+//! another user's build that asks for it.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use support::{write, Daemon, NixBuild, OnlyBuildUser, Sandbox};
+
+fn project(sb: &Sandbox) -> PathBuf {
+    let p = sb.path("proj");
+    write(&p.join("f"), "hello\n");
+    p
+}
+
+/// The partition directory on the host, where the daemon keeps it.
+fn partition(sb: &Sandbox, name: &str) -> PathBuf {
+    let volumes = sb.cache().join("volumes");
+    let project = fs::read_dir(&volumes)
+        .unwrap_or_else(|e| panic!("{}: {e}", volumes.display()))
+        .next()
+        .expect("a volume")
+        .unwrap()
+        .path();
+    project.join(name)
+}
+
+/// A build that appends `word` to `log` in the cache and copies what it then holds to $out.
+fn appender<'a>(sb: &'a Sandbox, word: &str) -> NixBuild<'a> {
+    NixBuild::with_attrs(
+        sb,
+        &format!("append-{word}"),
+        &format!(
+            "echo {word} >> /srcstore/cache/log && mkdir -p /srcstore/cache/dir && \
+             echo {word} > /srcstore/cache/dir/last && cat /srcstore/cache/log > $out"
+        ),
+        r#"{ srcstoreCache = "t"; }"#,
+    )
+}
+
+#[test]
+fn builds_by_different_build_users_read_and_replace_each_others_cache_files() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    let src = src.to_str().unwrap();
+
+    let first = {
+        let _only = OnlyBuildUser::new("nixbld1");
+        appender(&sb, "one").build(src)
+    };
+    let out = first
+        .0
+        .unwrap_or_else(|| panic!("build failed: {}", first.1));
+    assert_eq!(fs::read_to_string(out).unwrap(), "one\n");
+
+    let second = {
+        let _only = OnlyBuildUser::new("nixbld7");
+        appender(&sb, "two").build(src)
+    };
+    let out = second
+        .0
+        .unwrap_or_else(|| panic!("build failed: {}", second.1));
+    assert_eq!(
+        fs::read_to_string(out).unwrap(),
+        "one\ntwo\n",
+        "nixbld7 read what nixbld1 wrote, and added to it"
+    );
+
+    // On disk everything is the owner's (here root), closed to others.
+    let dir = partition(&sb, "t");
+    assert_eq!(fs::read_to_string(dir.join("dir/last")).unwrap(), "two\n");
+    for f in ["", "log", "dir", "dir/last"] {
+        let meta = fs::symlink_metadata(dir.join(f)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{f}: the owner's on disk");
+    }
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(dir.parent().unwrap()).unwrap().mode() & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn a_build_that_does_not_ask_or_names_no_snapshot_gets_no_volume() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let probe = "if test -e /srcstore/cache; then echo cache > $out; else echo none > $out; fi";
+
+    let plain = NixBuild::new(&sb, "plain", probe);
+    let (out, log) = plain.build(d.path(&sb).to_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "none\n"
+    );
+
+    let unnamed = NixBuild::with_attrs(&sb, "unnamed", probe, r#"{ srcstoreCache = "t"; }"#);
+    let (out, log) = unnamed.build("not a snapshot");
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "none\n"
+    );
+    assert!(
+        !log.contains("srcstore"),
+        "nothing said for a build that is not ours: {log}"
+    );
+}
+
+#[test]
+fn a_partition_name_that_is_not_one_fails_the_build_with_one_line_naming_it() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let nix = NixBuild::with_attrs(
+        &sb,
+        "badname",
+        "echo > $out",
+        r#"{ srcstoreCache = "../x"; }"#,
+    );
+    let (out, log) = nix.build(d.path(&sb).to_str().unwrap());
+    assert!(out.is_none(), "{log}");
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("srcstore")).collect();
+    assert!(
+        ours.iter()
+            .any(|l| l.contains(r#"srcstoreCache = "../x""#) && l.contains(".drv")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_volume_the_daemon_cannot_vouch_for_is_not_mounted_and_the_build_says_why() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    let probe = "if test -e /srcstore/cache; then echo cache > $out; else echo none > $out; fi; \
+                 cat /srcstore/no-cache >&2";
+    // Made once, then opened to others: the daemon refuses it, the build runs without.
+    let made = NixBuild::with_attrs(&sb, "made", "echo > $out", r#"{ srcstoreCache = "t"; }"#);
+    assert!(made.build(src.to_str().unwrap()).0.is_some());
+    let dir = partition(&sb, "t");
+    support::chmod(&dir, 0o755);
+    let nix = NixBuild::with_attrs(&sb, "open", probe, r#"{ srcstoreCache = "t"; }"#);
+    let (out, log) = nix.build(src.to_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "none\n"
+    );
+    assert!(
+        log.contains("srcstore: built without the cache volume")
+            && log.contains("not a private directory"),
+        "{log}"
+    );
+
+    // A symlink in its place, to somewhere else: not followed.
+    fs::remove_dir_all(&dir).unwrap();
+    let elsewhere = sb.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    support::chmod(&elsewhere, 0o700);
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    let nix = NixBuild::with_attrs(&sb, "linked", probe, r#"{ srcstoreCache = "t"; }"#);
+    let (out, log) = nix.build(src.to_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "none\n"
+    );
+    assert!(log.contains("built without the cache volume"), "{log}");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn the_nix_library_builds_with_the_volume_and_without_it_alike() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
+    let attrs = format!("(import {}).dir {{ }}", lib.display());
+    let script = ". $srcstoreCacheSetup; echo $SRCSTORE_CACHE > $out; date >> $SRCSTORE_CACHE/runs";
+    let with = NixBuild::with_attrs(&sb, "lib-with", script, &attrs);
+    let (out, log) = with.build(d.path(&sb).to_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "/srcstore/cache\n"
+    );
+    assert!(partition(&sb, "misc").join("runs").exists());
+
+    // Without srcstore (a path Nix copies), the same expression builds, in its own TMPDIR.
+    let without = NixBuild::with_attrs(&sb, "lib-without", script, &attrs);
+    let (out, log) = without.build(p.to_str().unwrap());
+    let said = fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap();
+    assert!(
+        said.ends_with("/srcstore-cache\n") && !said.starts_with("/srcstore"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_full_volume_makes_a_cache_miss_and_the_build_says_so() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
+    let attrs = format!("(import {}).dir {{ }}", lib.display());
+    let made = NixBuild::with_attrs(&sb, "full-made", "echo > $out", &attrs);
+    assert!(made.build(src.to_str().unwrap()).0.is_some());
+    // A 256 KiB filesystem in its place, as private as the directory was.
+    let dir = partition(&sb, "misc");
+    let tmpfs = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    let _unmount = Unmount(dir.clone());
+    let script = ". $srcstoreCacheSetup; echo $SRCSTORE_CACHE > $out";
+    let nix = NixBuild::with_attrs(&sb, "full", script, &attrs);
+    let (out, log) = nix.build(src.to_str().unwrap());
+    let said = fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap();
+    assert!(!said.starts_with("/srcstore/cache"), "{said}");
+    assert!(log.contains("cache volume cannot be written"), "{log}");
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        support::detach(&self.0);
+    }
+}
