@@ -323,3 +323,46 @@ fn a_mount_nix_daemon_cannot_see_fails_the_build_with_one_line_naming_the_cause(
         "{log}"
     );
 }
+
+#[test]
+fn only_the_owners_builds_get_the_cache_and_another_users_build_that_asks_gets_none() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let src = w.path(DEV, &p);
+    let script = |who: &str| {
+        format!(
+            "if test -e /srcstore/cache; then echo {who} >> /srcstore/cache/log; \
+             cat /srcstore/cache/log > $out; else cat /srcstore/no-cache > $out; fi"
+        )
+    };
+    let attrs = r#"{ srcstoreCache = "t"; }"#;
+    let mine = NixBuild::with_attrs(&w.sb, "mine", &script("dev"), attrs);
+    let (out, log) = w.build(DEV, &mine, &src);
+    let out = out.unwrap_or_else(|| panic!("build failed: {log}"));
+    assert_eq!(fs::read_to_string(out).unwrap(), "dev\n");
+
+    // Snapshot paths are not secret and .drv files world-readable: another user can name the
+    // snapshot and ask for its cache. The build runs, without it, and says why.
+    let theirs = NixBuild::with_attrs(&w.sb, "theirs", &script("other"), attrs);
+    let (out, log) = w.build(OTHER, &theirs, &src);
+    let said = fs::read_to_string(out.unwrap_or_else(|| panic!("build failed: {log}"))).unwrap();
+    assert!(
+        said.starts_with("srcstore: built without the cache volume")
+            && said.contains(&format!("uid {}", uid_of(OTHER)))
+            && said.lines().count() == 1,
+        "{said}"
+    );
+
+    // On disk: the owner's alone, untouched by the other build, closed to other users.
+    let volumes = PathBuf::from(format!("/home/{DEV}/.cache/srcstore/volumes"));
+    let log_file = fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("t/log"))
+        .find(|l| l.exists())
+        .expect("the partition on disk");
+    assert_eq!(fs::read_to_string(&log_file).unwrap(), "dev\n");
+    let looked = w.user(OTHER, &["cat", log_file.to_str().unwrap()]);
+    assert!(!looked.status.success(), "another user read the volume");
+}

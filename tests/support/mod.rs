@@ -122,15 +122,20 @@ pub fn nix_hash_path(path: &Path) -> String {
 
 /// `nix-store --add` of a path, removed again afterwards.
 pub fn nix_store_add(path: &Path) -> String {
+    let p = nix_store_keep(path);
+    let _ = Command::new("nix-store").args(["--delete", &p]).output();
+    p
+}
+
+/// `nix-store --add`, keeping the path (a toolchain for builds).
+pub fn nix_store_keep(path: &Path) -> String {
     let out = Command::new("nix-store")
         .arg("--add")
         .arg(path)
         .output()
         .unwrap();
     assert!(out.status.success(), "nix-store --add: {}", stderr(&out));
-    let p = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let _ = Command::new("nix-store").args(["--delete", &p]).output();
-    p
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The shared directory beside the checkout (test vectors, corpus generator).
@@ -292,6 +297,21 @@ pub fn busybox_store_path() -> String {
     .clone()
 }
 
+/// A pre-build-hook program running this srcstore's hook, as nix.conf would name it.
+pub fn hook_script(sb: &Sandbox) -> PathBuf {
+    let hook = sb.path("hook");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nexec {} nix hook \"$@\"\n",
+            srcstore_bin().display()
+        ),
+    )
+    .unwrap();
+    chmod(&hook, 0o755);
+    hook
+}
+
 /// A sandboxed nix-build with srcstore's hook, as a user's nix.conf would run it.
 pub struct NixBuild<'a> {
     pub sb: &'a Sandbox,
@@ -323,17 +343,11 @@ impl<'a> NixBuild<'a> {
             ),
         )
         .unwrap();
-        let hook = sb.path("hook");
-        fs::write(
-            &hook,
-            format!(
-                "#!/bin/sh\nexec {} nix hook \"$@\"\n",
-                srcstore_bin().display()
-            ),
-        )
-        .unwrap();
-        chmod(&hook, 0o755);
-        NixBuild { sb, expr, hook }
+        NixBuild {
+            sb,
+            expr,
+            hook: hook_script(sb),
+        }
     }
 
     /// Builds with `src`; the output path and everything Nix printed.

