@@ -33,6 +33,9 @@ enum Command {
     /// Nix integration: the pre-build hook and the nix.conf setup.
     #[command(subcommand)]
     Nix(cmd::nix::Nix),
+    /// The project's compile cache volume: stats, clear, gc.
+    #[command(subcommand)]
+    Cache(cmd::cache::Cache),
     /// A systemd user unit that keeps the project's daemon running.
     #[command(subcommand)]
     Service(cmd::service::Service),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Nix(cmd) => cmd::nix::run(cmd),
         Command::Watch(args) => cmd::watch::run(args),
         Command::Service(cmd) => cmd::service::run(cmd),
+        Command::Cache(cmd) => cmd::cache::run(cmd),
         Command::Completions(args) => cmd::completions::run(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };

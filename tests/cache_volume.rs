@@ -236,3 +236,47 @@ impl Drop for Unmount {
         support::detach(&self.0);
     }
 }
+
+#[test]
+fn cache_stats_clear_and_gc_work_on_the_volume_with_or_without_a_daemon() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let mut d = Daemon::start(&sb, &p, &[]);
+    let fill = NixBuild::with_attrs(
+        &sb,
+        "fill",
+        "for i in 1 2 3 4; do head -c 65536 /dev/zero > /srcstore/cache/f$i; done; echo > $out",
+        r#"{ srcstoreCache = "go"; }"#,
+    );
+    let (out, log) = fill.build(d.path(&sb).to_str().unwrap());
+    assert!(out.is_some(), "{log}");
+    d.stop_with("-TERM");
+
+    let dir = p.to_str().unwrap();
+    let stats_of = || -> serde_json::Value {
+        serde_json::from_str(&sb.ok(&["cache", "stats", "--json", dir])).unwrap()
+    };
+    let stats = stats_of();
+    assert_eq!(stats["partitions"][0]["name"], "go");
+    assert_eq!(stats["partitions"][0]["entries"], 4);
+    let said = sb.ok(&["cache", "gc", "--max-size", "150K", dir]);
+    assert!(said.starts_with("removed 2 entries"), "{said}");
+    let stats = stats_of();
+    assert_eq!(stats["partitions"][0]["entries"], 2);
+    sb.ok(&["cache", "clear", "--partition", "go", dir]);
+    let stats = stats_of();
+    assert_eq!(stats["partitions"][0]["entries"], 0);
+
+    // Bad input: one line naming what is wrong, and an exit code that tells usage apart.
+    let bad = sb.run(&["cache", "gc", "--max-size", "lots", dir]);
+    assert_eq!(bad.status.code(), Some(2), "{}", support::stderr(&bad));
+    let elsewhere = sb.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let none = sb.run(&["cache", "stats", elsewhere.to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(1));
+    let line = support::stderr(&none);
+    assert!(
+        line.trim().lines().count() == 1 && line.contains(elsewhere.to_str().unwrap()),
+        "{line}"
+    );
+}

@@ -95,6 +95,172 @@ impl Volume {
     }
 }
 
+/// What a partition holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionStats {
+    pub name: String,
+    /// Files (cache entries) in it.
+    pub entries: u64,
+    /// Their size, in bytes allocated on disk.
+    pub bytes: u64,
+}
+
+/// What [`Volume::gc`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Collected {
+    pub removed: u64,
+    pub freed_bytes: u64,
+    pub kept_bytes: u64,
+}
+
+impl Volume {
+    /// Entries and bytes of every partition.
+    pub fn stats(&self) -> io::Result<Vec<PartitionStats>> {
+        self.partitions()?
+            .into_iter()
+            .map(|name| {
+                let (mut entries, mut bytes) = (0, 0);
+                for f in files(&self.root.join(&name)) {
+                    entries += 1;
+                    bytes += f.bytes;
+                }
+                Ok(PartitionStats {
+                    name,
+                    entries,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Empties `partition` (every partition with `None`). A build using it meanwhile sees
+    /// cache misses, never a torn entry: each file is removed whole.
+    pub fn clear(&self, partition: Option<&str>) -> io::Result<Collected> {
+        let names = match partition {
+            Some(p) => {
+                check_partition_name(p)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                vec![p.to_owned()]
+            }
+            None => self.partitions()?,
+        };
+        let mut done = Collected::default();
+        for name in names {
+            let dir = self.root.join(&name);
+            for f in files(&dir) {
+                remove(&f, &mut done);
+            }
+            remove_empty_dirs(&dir);
+        }
+        Ok(done)
+    }
+
+    /// Removes the least recently used files of the whole volume until it holds at most
+    /// `max_bytes`.
+    pub fn gc(&self, max_bytes: u64) -> io::Result<Collected> {
+        let mut all: Vec<File> = self
+            .partitions()?
+            .iter()
+            .flat_map(|p| files(&self.root.join(p)))
+            .collect();
+        let mut total: u64 = all.iter().map(|f| f.bytes).sum();
+        // Oldest use first; a file's use is its last read or write, whichever is later.
+        all.sort_by_key(|f| f.used);
+        let mut done = Collected::default();
+        for f in &all {
+            if total <= max_bytes {
+                break;
+            }
+            total -= f.bytes;
+            remove(f, &mut done);
+        }
+        done.kept_bytes = total;
+        for p in self.partitions()? {
+            remove_empty_dirs(&self.root.join(p));
+        }
+        Ok(done)
+    }
+}
+
+/// A file of a partition, as [`Volume::gc`] weighs it.
+struct File {
+    path: PathBuf,
+    bytes: u64,
+    used: i64,
+}
+
+/// Every regular file below `dir`, never following a symlink.
+fn files(dir: &Path) -> impl Iterator<Item = File> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some(File {
+                bytes: m.blocks() * 512,
+                used: m.atime().max(m.mtime()),
+                path: e.into_path(),
+            })
+        })
+}
+
+fn remove(f: &File, done: &mut Collected) {
+    match fs::remove_file(&f.path) {
+        Ok(()) => {
+            done.removed += 1;
+            done.freed_bytes += f.bytes;
+        }
+        Err(e) => tracing::debug!("{}: {e}", f.path.display()),
+    }
+}
+
+/// Removes the directories below `dir` that are empty (deepest first), keeping `dir`.
+fn remove_empty_dirs(dir: &Path) {
+    for e in walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .contents_first(true)
+        .into_iter()
+        .flatten()
+    {
+        if e.file_type().is_dir() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024), e.g. `512M`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?} is not a size: use e.g. 512M, 20G or bytes")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size: use e.g. 512M, 20G or bytes"))
+}
+
+/// The default limit for [`Volume::gc`]: a tenth of the filesystem the volume is on.
+pub fn default_max_size(volume: &Path) -> io::Result<u64> {
+    let at = volume
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let st = rustix::fs::statvfs(at)?;
+    Ok(st.f_blocks * st.f_frsize / 10)
+}
+
 /// Makes `dir` and every missing directory above it mode 0700, then checks `dir` is this
 /// user's and closed to others (a directory someone else made first is refused, not used).
 fn make_private_dirs(dir: &Path) -> io::Result<()> {
@@ -168,6 +334,58 @@ mod tests {
         volume.partition("zig").unwrap();
         assert_eq!(volume.partitions().unwrap(), ["go", "zig"]);
         assert!(volume.partition("../x").is_err());
+    }
+
+    #[test]
+    fn gc_removes_the_least_recently_used_files_first_and_clear_empties() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume::at(tmp.path().to_path_buf());
+        let go = volume.partition("go").unwrap();
+        let zig = volume.partition("zig").unwrap();
+        for (i, dir) in [&go, &zig, &go].iter().enumerate() {
+            let f = dir.join(format!("sub/f{i}"));
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, vec![b'x'; 8192]).unwrap();
+            let t = 1_000_000 + i as i64 * 1000;
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: t,
+                    tv_nsec: 0,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: t,
+                    tv_nsec: 0,
+                },
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &f, &times, rustix::fs::AtFlags::empty())
+                .unwrap();
+        }
+        let stats = volume.stats().unwrap();
+        assert_eq!(stats.iter().map(|s| s.entries).collect::<Vec<_>>(), [2, 1]);
+        let each = stats[1].bytes;
+        let done = volume.gc(2 * each).unwrap();
+        assert_eq!((done.removed, done.kept_bytes), (1, 2 * each));
+        assert!(!go.join("sub/f0").exists(), "the oldest went first");
+        assert!(go.join("sub/f2").exists() && zig.join("sub/f1").exists());
+
+        volume.clear(Some("go")).unwrap();
+        assert_eq!(
+            fs::read_dir(&go).unwrap().count(),
+            0,
+            "files and emptied dirs gone"
+        );
+        assert!(zig.join("sub/f1").exists());
+        assert!(volume.clear(Some("../x")).is_err());
+    }
+
+    #[test]
+    fn sizes_read_like_df_and_du_print_them() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("20g").unwrap(), 20 << 30);
+        for bad in ["", "G", "1.5G", "-1", "10X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,3 +1,4 @@
+pub mod cache;
 pub mod completions;
 mod daemon;
 pub mod exit;
