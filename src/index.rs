@@ -74,13 +74,9 @@ pub fn location(cache_dir: &Path, project: &Path, filter: Filter) -> PathBuf {
     cache_dir.join(format!("{}.{suffix}", &key[..32]))
 }
 
-/// `${XDG_CACHE_HOME:-~/.cache}/srcstore`.
+/// Where indexes go: srcstore's cache home ([`crate::daemon::paths::cache_home`]).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("srcstore"))
+    crate::daemon::paths::cache_home()
 }
 
 /// Reads an index; `Ok(None)` when there is none yet.
@@ -171,13 +167,20 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
 
     let dir = path.parent().expect("index path has a parent");
     fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile_in(dir).map_err(io)?;
-    tmp.1.write_all(&bytes).map_err(io)?;
-    tmp.1.sync_data().map_err(io)?;
-    fs::rename(&tmp.0, path).map_err(|e| {
+    write_atomically(path, &bytes).map_err(io)
+}
+
+/// Replaces `path` with `bytes` (written to a temporary file beside it, synced and renamed), so
+/// that a reader, or the next boot, sees the old file or the new one, never a part of either.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a file's path has a parent");
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1.write_all(bytes)?;
+    tmp.1.sync_data()?;
+    fs::rename(&tmp.0, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp.0);
-        io(e)
-    })
+    })?;
+    fs::File::open(dir)?.sync_all()
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {

@@ -1,5 +1,5 @@
 //! Where a user's daemons keep sockets, locks and default mountpoints, and the check that such
-//! a place is its user's own.
+//! a place is its user's own; and where srcstore keeps what outlives a reboot ([`cache_home`]).
 //!
 //! `/run/srcstore` for root, `$XDG_RUNTIME_DIR/srcstore` for a user who has one, and
 //! `/tmp/srcstore-<uid>` otherwise (whatever `TMPDIR` says, so that the root hook, which never
@@ -21,6 +21,18 @@ pub fn runtime_dir() -> PathBuf {
         Some(d) => PathBuf::from(d).join("srcstore"),
         None => fallback_runtime_dir(uid.as_raw()),
     }
+}
+
+/// Where srcstore keeps what must outlive the daemon and the machine's reboots (indexes, the
+/// epoch of node ids, cache volumes): `${XDG_CACHE_HOME:-$HOME/.cache}/srcstore`, unlike the
+/// runtime directory, which the system empties. `None` when neither variable is set. The one
+/// rule for this place: everything that keeps files there asks here.
+pub fn cache_home() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("srcstore"))
 }
 
 /// A user's runtime directory when they have no `XDG_RUNTIME_DIR`.
