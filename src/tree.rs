@@ -6,7 +6,9 @@
 //! the life of the process. Consumers that cache by identity (the FUSE view uses it as the inode
 //! number, so the kernel's caches carry over between snapshots) may rely on two rules:
 //! an id never stands for other content, and two nodes built separately never share an id, even
-//! when their content is equal.
+//! when their content is equal. A daemon also begins an epoch of its own
+//! ([`NodeId::begin_epoch`]), so that the rules hold across its restarts too: a cache that
+//! outlives the daemon and trusts (inode, mtime, size) never meets an old number again.
 //!
 //! Hashes (see `docs/snapshot-format.md`):
 //! - file:    `BLAKE3("srcstore-file\0" || exec-flag || BLAKE3(bytes))`
@@ -20,19 +22,40 @@ use std::sync::Arc;
 pub type Hash = [u8; 32];
 
 /// Process-wide identity of a node; see the module docs for what it promises.
+///
+/// From the high bits down: the epoch of the run that made it ([`NodeId::begin_epoch`]), a
+/// counter, and two bits a file keeps its flags in ([`File::executable`], [`File::racy`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
 
-/// Ids are handed out in steps of this; a file's id carries its [`FileFlags`] in the bits below.
+/// Ids are handed out in steps of this; a file's id carries its flags in the bits below.
 const ID_STEP: u64 = 4;
 
+/// The bits below a run's epoch: room for 2^38 nodes a run (a million new nodes a second for
+/// three days) before its ids could reach the next epoch's.
+const EPOCH_SHIFT: u32 = 40;
+
+/// The last epoch: its ids end below 2^62, where the FUSE view's directory numbers begin (a
+/// file's is its id + 1).
+pub const MAX_EPOCH: u64 = (1 << (62 - EPOCH_SHIFT)) - 1;
+
+/// The next id to hand out; a process that begins no epoch (`srcstore hash`) is in epoch 0.
+static NEXT: AtomicU64 = AtomicU64::new(ID_STEP);
+
 impl NodeId {
+    /// Hands out every id from now on in `epoch` (at most [`MAX_EPOCH`]): a daemon calls it
+    /// before it makes its first node, with an epoch no earlier run used. Ids never go back: an
+    /// epoch below the one ids are in already changes nothing.
+    pub fn begin_epoch(epoch: u64) {
+        assert!(epoch <= MAX_EPOCH, "epoch {epoch} is past {MAX_EPOCH}");
+        NEXT.fetch_max(epoch << EPOCH_SHIFT, Ordering::Relaxed);
+    }
+
     fn fresh() -> Self {
         Self::fresh_with(0)
     }
 
     fn fresh_with(low_bits: u64) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(ID_STEP);
         debug_assert!(low_bits < ID_STEP);
         NodeId(NEXT.fetch_add(ID_STEP, Ordering::Relaxed) | low_bits)
     }
@@ -499,6 +522,18 @@ mod tests {
             assert!(ids.insert(f.id));
             assert!(ids.insert(Node::Symlink(Arc::new(Symlink::new(b"t".to_vec().into()))).id()));
         }
+    }
+
+    #[test]
+    fn ids_made_once_an_epoch_begins_are_in_it_and_never_go_back() {
+        NodeId::begin_epoch(3);
+        let first = Node::Symlink(Arc::new(Symlink::new(b"t".to_vec().into()))).id();
+        assert!(first.0 >> EPOCH_SHIFT >= 3);
+        NodeId::begin_epoch(1);
+        assert!(
+            file(b"x", true).id() > first,
+            "an earlier epoch took ids back"
+        );
     }
 
     #[test]

@@ -313,6 +313,49 @@ fn a_daemon_killed_hard_is_repaired_by_the_next_mount() {
 }
 
 #[test]
+fn a_file_edited_between_daemons_never_gets_back_a_number_it_had() {
+    // A cache that outlives the daemon and trusts (inode, mtime, size) would take a returning
+    // number, with the same size, for the old content.
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let mut had = std::collections::HashSet::new();
+    for round in 0..4 {
+        let d = Daemon::start(&sb, &p, &[]);
+        let ino = fs::metadata(d.path(&sb).join("src/main.c")).unwrap().ino();
+        assert!(had.insert(ino), "round {round}: inode {ino} came back");
+        drop(d);
+        write(
+            &p.join("src/main.c"),
+            format!("int main(void) {{ return {round}; }}\n"),
+        );
+    }
+    assert_eq!(fs::read_to_string(sb.cache().join("epoch")).unwrap(), "4\n");
+}
+
+#[test]
+fn a_corrupt_epoch_counter_is_an_error_naming_it_and_never_a_fresh_start() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let epoch = sb.cache().join("epoch");
+    write(&epoch, "12\0garbage");
+    let out = sb
+        .cmd()
+        .args(["mount", "--mountpoint"])
+        .arg(sb.path("mnt"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = support::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("srcstore: error: {}: ", epoch.display())),
+        "{err}"
+    );
+    assert_eq!(fs::read(&epoch).unwrap(), b"12\0garbage");
+}
+
+#[test]
 fn a_second_daemon_for_the_same_project_refuses_and_names_the_first() {
     let sb = Sandbox::new();
     let p = project(&sb);

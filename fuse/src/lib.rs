@@ -46,7 +46,8 @@ pub trait Source: Send + Sync + 'static {
     /// The trees currently served, by name.
     fn roots(&self) -> Vec<Root<Self::Node>>;
     /// A stable identity: equal only for nodes with the same content at the same place,
-    /// never 0 or `u64::MAX`.
+    /// never 0, and below 2^62 - 1 (a file's number is its id + 1; directories are numbered
+    /// from 2^62).
     fn id(&self, node: &Self::Node) -> u64;
     fn kind(&self, node: &Self::Node) -> Kind;
     fn child(&self, dir: &Self::Node, name: &[u8]) -> Option<Self::Node>;

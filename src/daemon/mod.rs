@@ -5,13 +5,15 @@
 //! - `handler`: the answers, from the engine's live view (the one place requests meet `Live`);
 //! - `paths`: the runtime directory policy (default places, and that one is its user's own);
 //! - `start`: what a daemon claims and repairs on its way up (the project's lock, a dead
-//!   daemon's mount);
+//!   daemon's mount); `epoch`: the counter that keeps node ids of one run from coming back in
+//!   the next;
 //! - `warm`: walking a snapshot before the build that asked for it comes.
 //!
 //! Nothing here knows FUSE: the binary assembles a daemon from this layer, the engine's `Live`
 //! and the FUSE crate.
 
 mod client;
+mod epoch;
 mod handler;
 pub mod paths;
 mod protocol;

@@ -1,5 +1,5 @@
-//! What a daemon claims and repairs on its way up: the project's lock, and the mountpoint a
-//! daemon killed with -9 left behind.
+//! What a daemon claims and repairs on its way up: the project's lock and an epoch for its node
+//! ids, and the mountpoint a daemon killed with -9 left behind.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -14,6 +14,8 @@ pub enum StartError {
     StaleMount { path: PathBuf },
     #[error("{path}: mountpoint is not empty")]
     NotEmpty { path: PathBuf },
+    #[error("{path}: not an epoch counter ({why}); counting from 0 again could give an earlier run's inode numbers to other content: remove it only if no build cache keeps inode numbers of this user's views")]
+    Epoch { path: PathBuf, why: String },
     #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
@@ -33,6 +35,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
 pub struct DaemonLock(#[allow(dead_code)] fs::File);
 
 impl DaemonLock {
+    /// Claims the project for this run, and begins the run's epoch of node ids
+    /// ([`super::epoch`]): a daemon takes its lock first, before anything (its index) makes a
+    /// node.
     pub fn acquire(path: &Path, project: &Path, mountpoint: &Path) -> Result<Self, StartError> {
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -60,6 +65,7 @@ impl DaemonLock {
             )
         })()
         .map_err(io(path))?;
+        super::epoch::begin()?;
         Ok(DaemonLock(file))
     }
 }
