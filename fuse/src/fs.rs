@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::attr::{self, FOREVER, ROOT_ENTRY};
-use crate::inodes::{Inodes, Place};
+use crate::inodes::{At, Found, Inodes, Place};
 use crate::{Kind, Source};
 
 /// A [`Source`] as a FUSE filesystem.
@@ -109,17 +109,17 @@ impl<S: Source> View<S> {
         attr
     }
 
-    /// Hands `node` (found at `path`, below `parent`) to the kernel under its name for
+    /// Hands `node` (found at `found`, below `parent`) to the kernel under its name for
     /// `entry_ttl`. Its attributes are cached for good: a node's attributes never change.
     fn enter(
         &self,
         parent: INodeNo,
         node: &S::Node,
-        path: impl FnOnce() -> Arc<[u8]>,
+        found: impl FnOnce() -> At<S::Node>,
         entry_ttl: Duration,
         reply: ReplyEntry,
     ) {
-        let ino = self.inodes.enter(self.place(parent, node), node, path);
+        let ino = self.inodes.enter(self.place(parent, node), node, found);
         let attr = self.attr_of(ino, node);
         reply.entry_with_ttls(&FOREVER, &entry_ttl, &attr, Generation(0));
     }
@@ -133,20 +133,48 @@ impl<S: Source> View<S> {
         offset: u64,
         name: &OsStr,
         node: &S::Node,
-        path: impl FnOnce() -> Arc<[u8]>,
+        found: impl FnOnce() -> At<S::Node>,
     ) -> bool {
         let entry_ttl = if parent == INodeNo::ROOT {
             ROOT_ENTRY
         } else {
             FOREVER
         };
-        let ino = self.inodes.enter(self.place(parent, node), node, path);
+        let ino = self.inodes.enter(self.place(parent, node), node, found);
         let attr = self.attr_of(ino, node);
         if reply.add(attr.ino, offset, name, &entry_ttl, &attr, Generation(0)) {
             self.inodes.forget(ino, 1);
             return false;
         }
         true
+    }
+
+    /// Where `node`, an entry named `name` of `dir`, is found: a directory by its own path,
+    /// anything else by `dir` (see [`crate::inodes`]).
+    fn below(&self, dir: &Arc<Found<S::Node>>, name: &[u8], node: &S::Node) -> At<S::Node> {
+        match self.source.kind(node) {
+            Kind::Dir => At::Path(join(&dir.path, name)),
+            _ => At::In(dir.clone()),
+        }
+    }
+
+    /// The path of `node`, found at `at`, for a read: an entry's name is looked up again in
+    /// its directory (a scan of its entries, small beside the read and proof of the bytes that
+    /// follow, and only on a page-cache miss).
+    fn path_of(&self, node: &S::Node, at: At<S::Node>) -> Option<Arc<[u8]>> {
+        let dir = match at {
+            At::Path(path) => return Some(path),
+            At::In(dir) => dir,
+        };
+        let id = self.source.id(node);
+        let mut path = None;
+        self.source.list(&dir.node, 0, &mut |name, entry| {
+            if self.source.id(entry) == id {
+                path = Some(join(&dir.path, name));
+            }
+            path.is_none()
+        });
+        path
     }
 }
 
@@ -179,15 +207,21 @@ impl<S: Source> Filesystem for View<S> {
         let name = name.as_bytes();
         if parent == INodeNo::ROOT {
             return match self.source.roots().into_iter().find(|r| r.name == name) {
-                Some(r) => self.enter(parent, &r.node, || r.path.into(), ROOT_ENTRY, reply),
+                Some(r) => {
+                    let found = || At::Path(r.path.into());
+                    self.enter(parent, &r.node, found, ROOT_ENTRY, reply)
+                }
                 None => reply.error(Errno::ENOENT),
             };
         }
-        let Some((dir, path)) = self.inodes.get(parent.0) else {
+        let Some(dir) = self.inodes.dir(parent.0) else {
             return reply.error(Errno::ENOENT);
         };
-        match self.source.child(&dir, name) {
-            Some(child) => self.enter(parent, &child, || join(&path, name), FOREVER, reply),
+        match self.source.child(&dir.node, name) {
+            Some(child) => {
+                let found = || self.below(&dir, name, &child);
+                self.enter(parent, &child, found, FOREVER, reply)
+            }
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -274,7 +308,10 @@ impl<S: Source> Filesystem for View<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((node, path)) = self.inodes.get(ino.0) else {
+        let Some((node, at)) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(path) = self.path_of(&node, at) else {
             return reply.error(Errno::ENOENT);
         };
         match self.source.read(&node, &path, offset, size) {
@@ -339,16 +376,16 @@ impl<S: Source> Filesystem for View<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, path) = if ino == INodeNo::ROOT {
-            (None, None)
+        let dir = if ino == INodeNo::ROOT {
+            None
         } else {
-            match self.inodes.get(ino.0) {
-                Some((dir, path)) => (Some(dir), Some(path)),
+            match self.inodes.dir(ino.0) {
+                Some(dir) => Some(dir),
                 None => return reply.error(Errno::ENOENT),
             }
         };
         let own = match &dir {
-            Some(d) => self.attr_of(ino.0, d),
+            Some(d) => self.attr_of(ino.0, &d.node),
             None => self.root_attr(),
         };
         let dots = [(1, "."), (2, "..")];
@@ -358,22 +395,22 @@ impl<S: Source> Filesystem for View<S> {
             }
         }
         let from = offset.saturating_sub(2) as usize;
-        let (Some(dir), Some(path)) = (dir, path) else {
+        let Some(dir) = dir else {
             for (off, r) in self.roots_after(offset) {
                 let name = OsStr::from_bytes(&r.name);
-                let path = || r.path.clone().into();
-                if !self.add_plus(&mut reply, ino, off, name, &r.node, path) {
+                let found = || At::Path(r.path.clone().into());
+                if !self.add_plus(&mut reply, ino, off, name, &r.node, found) {
                     break;
                 }
             }
             return reply.ok();
         };
         let mut off = 3 + from as u64;
-        self.source.list(&dir, from, &mut |name, node| {
-            let path = || join(&path, name);
+        self.source.list(&dir.node, from, &mut |name, node| {
+            let found = || self.below(&dir, name, node);
             let name = OsStr::from_bytes(name);
             off += 1;
-            self.add_plus(&mut reply, ino, off - 1, name, node, path)
+            self.add_plus(&mut reply, ino, off - 1, name, node, found)
         });
         reply.ok();
     }

@@ -12,8 +12,11 @@
 //! file's and are never handed out twice.
 //!
 //! An entry lives from the first lookup that hands it to the kernel until the kernel forgets it
-//! as often as it was looked up; it remembers the path the node was found at, which the source
-//! needs to read it.
+//! as often as it was looked up; it remembers where the node was found, which the source needs
+//! to read it. A directory keeps its path; anything else keeps the directory it was found in
+//! (shared, not copied) and has its name looked up there again when a read needs the path: a
+//! path per file would hold every name of the tree a second time, and most of the table's
+//! memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,10 +40,32 @@ struct Table<N> {
 
 struct Inode<N> {
     node: N,
-    path: Arc<[u8]>,
     lookups: u64,
-    /// For a directory, its key in `dirs`.
-    place: Option<(u64, u64)>,
+    held: Held<N>,
+}
+
+enum Held<N> {
+    /// A directory: its key in `dirs`, and where it is, shared with the entries found in it.
+    Dir {
+        place: (u64, u64),
+        at: Arc<Found<N>>,
+    },
+    /// Found in this directory, under a name the directory still holds.
+    In(Arc<Found<N>>),
+    /// A tree at the root that is no directory: its own path.
+    Top(Arc<[u8]>),
+}
+
+/// A directory the kernel holds, and its path below the source's trees.
+pub struct Found<N> {
+    pub node: N,
+    pub path: Arc<[u8]>,
+}
+
+/// Where a node was found: its path, or the directory it is an entry of.
+pub enum At<N> {
+    Path(Arc<[u8]>),
+    In(Arc<Found<N>>),
 }
 
 /// Where a node is handed to the kernel: under which parent, and whether it is a directory.
@@ -62,32 +87,44 @@ impl<N: Clone> Inodes<N> {
         }
     }
 
-    /// Records one more kernel reference to `node`, found at `path`; returns its number.
-    pub fn enter(&self, at: Place, node: &N, path: impl FnOnce() -> Arc<[u8]>) -> u64 {
+    /// Records one more kernel reference to `node`, found at `found`: a directory by its path,
+    /// anything else by its path at the root or the directory it is an entry of. Returns its
+    /// number.
+    pub fn enter(&self, at: Place, node: &N, found: impl FnOnce() -> At<N>) -> u64 {
         debug_assert!(
             at.id < FIRST_DIR - 1,
             "node ids stay below the directory numbers"
         );
         let mut table = self.table.lock().unwrap();
         let table = &mut *table;
-        let (ino, place) = if at.is_dir {
-            let place = (at.parent, at.id);
-            let ino = *table.dirs.entry(place).or_insert_with(|| {
+        let ino = if at.is_dir {
+            *table.dirs.entry((at.parent, at.id)).or_insert_with(|| {
                 table.next_dir += 1;
                 table.next_dir - 1
-            });
-            (ino, Some(place))
+            })
         } else {
-            (at.id + 1, None)
+            at.id + 1
         };
         table
             .inodes
             .entry(ino)
-            .or_insert_with(|| Inode {
-                node: node.clone(),
-                path: path(),
-                lookups: 0,
-                place,
+            .or_insert_with(|| {
+                let held = match found() {
+                    At::Path(path) if at.is_dir => Held::Dir {
+                        place: (at.parent, at.id),
+                        at: Arc::new(Found {
+                            node: node.clone(),
+                            path,
+                        }),
+                    },
+                    At::Path(path) => Held::Top(path),
+                    At::In(dir) => Held::In(dir),
+                };
+                Inode {
+                    node: node.clone(),
+                    lookups: 0,
+                    held,
+                }
             })
             .lookups += 1;
         ino
@@ -106,13 +143,24 @@ impl<N: Clone> Inodes<N> {
             .unwrap_or(UNKNOWN)
     }
 
-    pub fn get(&self, ino: u64) -> Option<(N, Arc<[u8]>)> {
-        self.table
-            .lock()
-            .unwrap()
-            .inodes
-            .get(&ino)
-            .map(|i| (i.node.clone(), i.path.clone()))
+    /// The node under `ino`, and where it was found.
+    pub fn get(&self, ino: u64) -> Option<(N, At<N>)> {
+        let table = self.table.lock().unwrap();
+        let i = table.inodes.get(&ino)?;
+        let at = match &i.held {
+            Held::Dir { at, .. } => At::Path(at.path.clone()),
+            Held::In(dir) => At::In(dir.clone()),
+            Held::Top(path) => At::Path(path.clone()),
+        };
+        Some((i.node.clone(), at))
+    }
+
+    /// The directory under `ino`, to enter its entries with.
+    pub fn dir(&self, ino: u64) -> Option<Arc<Found<N>>> {
+        match &self.table.lock().unwrap().inodes.get(&ino)?.held {
+            Held::Dir { at, .. } => Some(at.clone()),
+            _ => None,
+        }
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -122,7 +170,7 @@ impl<N: Clone> Inodes<N> {
         };
         i.lookups = i.lookups.saturating_sub(n);
         if i.lookups == 0 {
-            if let Some(place) = table.inodes.remove(&ino).and_then(|i| i.place) {
+            if let Some(Held::Dir { place, .. }) = table.inodes.remove(&ino).map(|i| i.held) {
                 table.dirs.remove(&place);
             }
         }
@@ -133,8 +181,8 @@ impl<N: Clone> Inodes<N> {
 mod tests {
     use super::*;
 
-    fn path() -> Arc<[u8]> {
-        Arc::from(&b"p"[..])
+    fn path() -> At<u8> {
+        At::Path(Arc::from(&b"p"[..]))
     }
 
     #[test]
