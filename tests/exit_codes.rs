@@ -35,12 +35,6 @@ fn each_kind_of_failure_has_its_own_exit_code() {
         "refused by the daemon: {}",
         support::stderr(&out)
     );
-    let out = sb
-        .cmd()
-        .args(["mount", "--mountpoint"])
-        .arg(sb.path("mnt2"))
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = sb.mount_once(&sb.path("mnt2"), &p);
     assert_eq!(code(&out), 4, "already served: {}", support::stderr(&out));
 }

@@ -42,12 +42,7 @@ fn a_watch_limit_reached_is_one_line_naming_the_sysctl_to_raise() {
     let mountpoint = sb.path("mnt");
     let out = {
         let _limit = Sysctl::set("/proc/sys/fs/inotify/max_user_watches", "100");
-        sb.cmd()
-            .args(["mount", "--mountpoint"])
-            .arg(&mountpoint)
-            .arg(&p)
-            .output()
-            .unwrap()
+        sb.mount_once(&mountpoint, &p)
     };
     let err = support::stderr(&out);
     assert!(!out.status.success(), "mounted past the watch limit: {err}");

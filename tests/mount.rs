@@ -338,13 +338,7 @@ fn a_corrupt_epoch_counter_is_an_error_naming_it_and_never_a_fresh_start() {
     let p = project(&sb);
     let epoch = sb.cache().join("epoch");
     write(&epoch, "12\0garbage");
-    let out = sb
-        .cmd()
-        .args(["mount", "--mountpoint"])
-        .arg(sb.path("mnt"))
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = sb.mount_once(&sb.path("mnt"), &p);
     assert_eq!(out.status.code(), Some(1));
     let err = support::stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -360,13 +354,7 @@ fn a_second_daemon_for_the_same_project_refuses_and_names_the_first() {
     let sb = Sandbox::new();
     let p = project(&sb);
     let d = Daemon::start(&sb, &p, &[]);
-    let out = sb
-        .cmd()
-        .args(["mount", "--mountpoint"])
-        .arg(sb.path("other-mnt"))
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = sb.mount_once(&sb.path("other-mnt"), &p);
     assert!(!out.status.success());
     let err = support::stderr(&out);
     assert!(err.contains(&format!("pid {}", d.child.id())), "{err}");

@@ -77,6 +77,16 @@ impl Sandbox {
         lines[0].to_owned()
     }
 
+    /// `srcstore mount --mountpoint MOUNTPOINT PROJECT`, run to its end: a start meant to fail.
+    pub fn mount_once(&self, mountpoint: &Path, project: &Path) -> Output {
+        self.cmd()
+            .args(["mount", "--mountpoint"])
+            .arg(mountpoint)
+            .arg(project)
+            .output()
+            .unwrap()
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["hash", "--json"];
         all.extend_from_slice(args);
