@@ -74,11 +74,6 @@ pub fn location(cache_dir: &Path, project: &Path, filter: Filter) -> PathBuf {
     cache_dir.join(format!("{}.{suffix}", &key[..32]))
 }
 
-/// Where indexes go: srcstore's cache home ([`crate::daemon::paths::cache_home`]).
-pub fn default_cache_dir() -> Option<PathBuf> {
-    crate::daemon::paths::cache_home()
-}
-
 /// Reads an index; `Ok(None)` when there is none yet.
 pub fn load(path: &Path, project: &Path, filter: Filter) -> Result<Option<Node>, IndexError> {
     let io = |cause| IndexError::Io {

@@ -321,3 +321,41 @@ fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_rever
     assert_eq!(read(&reverted, "said"), "hello 42\n", "the revert shows");
     assert_eq!(ccache_stat(&read(&reverted, "stats"), "cache_miss"), 0);
 }
+
+#[test]
+fn zig_sees_a_same_size_edit_made_while_the_daemon_was_stopped() {
+    let sb = Sandbox::new();
+    let p = sb.path("zigapp");
+    write(
+        &p.join("main.zig"),
+        "const std = @import(\"std\");\nconst msg = @import(\"msg.zig\").msg;\n\
+         pub fn main() void {\n    std.debug.print(\"{s}\\n\", .{msg});\n}\n",
+    );
+    let msg = |m: &str| format!("pub const msg = \"{m}\";\n");
+    write(&p.join("msg.zig"), msg("hello"));
+    let zig = zig_root();
+    let build = Build::new(
+        &sb,
+        "zig",
+        &[zig],
+        &format!(
+            "mkdir $out; cd /srcstore/src; {zig}/zig build-exe main.zig -femit-bin=$out/app; \
+             $out/app 2> $out/said"
+        ),
+    );
+    let mut d = Daemon::start(&sb, &p, &[]);
+    let first = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&first, "said"), "hello\n");
+
+    // The volume outlives the daemon; numbers handed out again after a restart would let Zig
+    // take the edited file (same size, same mtime) for the one it cached.
+    d.stop_with("-TERM");
+    write(&p.join("msg.zig"), msg("HELLO"));
+    let d = Daemon::start(&sb, &p, &[]);
+    let second = build.build(&d.path(&sb), "2", "nixbld7");
+    assert_eq!(
+        read(&second, "said"),
+        "HELLO\n",
+        "the edit made while stopped shows"
+    );
+}

@@ -109,8 +109,7 @@ fn volume(project: &Project) -> anyhow::Result<Volume> {
     let start = start
         .canonicalize()
         .with_context(|| start.display().to_string())?;
-    let home = srcstore::index::default_cache_dir()
-        .context("no cache home: set XDG_CACHE_HOME or HOME")?;
+    let home = paths::cache_home().context("no cache home: set XDG_CACHE_HOME or HOME")?;
     let found = start
         .ancestors()
         .map(|d| paths::volume_path(&home, d))

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Filter::Ignore
     };
     let index_path = (!args.no_index)
-        .then(index::default_cache_dir)
+        .then(srcstore::daemon::paths::cache_home)
         .flatten()
         .map(|cache| index::location(&cache, &dir, filter));
     let previous = index_path

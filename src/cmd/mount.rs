@@ -170,7 +170,7 @@ impl Server {
             .name("srcstore-accept".into())
             .spawn(move || daemon::serve(listener, serving))?;
         let up = (move || -> anyhow::Result<(Server, Arc<daemon::LiveHandler>)> {
-            let index_path = index::default_cache_dir().map(|c| index::location(&c, &dir, filter));
+            let index_path = paths::cache_home().map(|c| index::location(&c, &dir, filter));
             let previous = index_path
                 .as_deref()
                 .and_then(|p| match index::load(p, &dir, filter) {
@@ -204,7 +204,7 @@ impl Server {
                 live.clone(),
                 mountpoint.clone(),
                 warmer,
-                index::default_cache_dir()
+                paths::cache_home()
                     .map(|home| srcstore::cache::Volume::at(paths::volume_path(&home, &dir))),
             ));
 
