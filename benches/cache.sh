@@ -5,6 +5,7 @@
 #      `srcstore path` -> sandboxed rebuild through srcstore with the volume, the build user
 #      changed every round; the same rebuild with a plain native directory as the cache (build
 #      users off, so that it works); `go build` outside Nix with a warm cache; and a cold build.
+#      Outside Nix also `srcstore gocacheprog` against Go's own GOCACHE directory.
 #   2. C with ccache (benches/gen-c-project.py: 200 units of ~300 lines, 20 headers), a one-unit
 #      edit, volume vs native directory.
 #   3. Zig, a one-line edit, volume vs native directory.
@@ -105,15 +106,19 @@ GO
 msg() { printf 'package main\n\nconst Msg = "%s"\n' "$1" > "$PROJECT/msg.go"; }
 msg start
 start_daemon "$B" "$PROJECT" "$T/mnt-go" --allow-other
-TOOLS="\"$GO\""; HOST=""
+# The release binary is not static: the host's libraries let it run as the sandbox's
+# `srcstore gocacheprog` (root's static copy needs none).
+TOOLS="\"$GO\""; HOST="/usr /lib /lib64"
 GOS="export GOROOT=$GO CGO_ENABLED=0; cd /srcstore/src; go build -o \$out ."
 outside() { (cd "$PROJECT" && GOROOT=$GO GOCACHE=$T/go-outside GOFLAGS=-trimpath GOTOOLCHAIN=local CGO_ENABLED=0 "$GO/bin/go" build -o "$T/app-outside" .); }
+outside_prog() { (cd "$PROJECT" && GOROOT=$GO GOCACHEPROG="$B gocacheprog --dir $T/go-prog-outside" GOFLAGS=-trimpath GOTOOLCHAIN=local CGO_ENABLED=0 "$GO/bin/go" build -o "$T/app-outside" .); }
 # Warm every cache once.
-srcstore_build go "$GOS" w0 >/dev/null; native_build go "$GOS" w0 >/dev/null; outside
+srcstore_build go "$GOS" w0 >/dev/null; native_build go "$GOS" w0 >/dev/null; outside; outside_prog
 for i in $(seq "$N"); do
   msg "edit $i a"; tm go_srcstore srcstore_build go "$GOS" "r$i"
   msg "edit $i b"; tm go_native native_build go "$GOS" "r$i"
   msg "edit $i c"; tm go_outside outside
+  msg "edit $i d"; tm go_outside_prog outside_prog
 done
 volume=$(dirname "$(ls -d "$XDG_CACHE_HOME"/srcstore/volumes/*/go)")
 for i in 1 2; do
@@ -122,6 +127,7 @@ done
 report "go: edit -> rebuild, volume vs native dir" go_srcstore go_native
 report "go: edit -> rebuild vs cold build" go_srcstore go_cold
 report "go: through srcstore vs go build outside Nix" go_srcstore go_outside
+report "go outside Nix: srcstore gocacheprog vs GOCACHE" go_outside_prog go_outside
 
 ## 2. C with ccache
 PROJECT=$T/capp; python3 "$here/gen-c-project.py" "$PROJECT"

@@ -47,9 +47,14 @@ let
   };
 in
 {
-  # Go's build cache. -trimpath keeps the source's path out of its keys.
+  # Go's build cache: through `srcstore gocacheprog` (every object checked against its
+  # OutputID) when the hook made srcstore visible, else Go's own directory. -trimpath keeps the
+  # source's path out of its keys.
   go = with' "go" ''
     export GOCACHE="$SRCSTORE_CACHE/go-build"
+    if [ "$SRCSTORE_CACHE" = /srcstore/cache ] && /srcstore/bin/srcstore --version > /dev/null 2>&1; then
+      export GOCACHEPROG="/srcstore/bin/srcstore gocacheprog"
+    fi
     export GOFLAGS="-trimpath ''${GOFLAGS:-}"
     export GOPATH="''${TMPDIR:-/tmp}/go" GOTOOLCHAIN=local
   '';

@@ -168,14 +168,29 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
 /// Replaces `path` with `bytes` (written to a temporary file beside it, synced and renamed), so
 /// that a reader, or the next boot, sees the old file or the new one, never a part of either.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` whole or not at all, as [`write_atomically`] does, without
+/// waiting for the disk: for a cache whose every entry is proven when read.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().expect("a file's path has a parent");
     let mut tmp = tempfile_in(dir)?;
     tmp.1.write_all(bytes)?;
-    tmp.1.sync_data()?;
+    if durable {
+        tmp.1.sync_data()?;
+    }
     fs::rename(&tmp.0, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp.0);
     })?;
-    fs::File::open(dir)?.sync_all()
+    match durable {
+        true => fs::File::open(dir)?.sync_all(),
+        false => Ok(()),
+    }
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {

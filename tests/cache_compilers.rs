@@ -144,7 +144,7 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
     let d = Daemon::start(&sb, &p, &[]);
     let go = go_root();
     // `go build -v` names each package it compiles: a cache hit compiles only what changed.
-    let build = Build::new(
+    let mut build = Build::new(
         &sb,
         "go",
         &[go],
@@ -154,6 +154,8 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
         ),
     );
 
+    // The hook binds srcstore itself for `srcstore gocacheprog`; this one is not static.
+    build.host_paths = true;
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "{\"msg\":\"hello\"}\n");
     assert!(
@@ -174,6 +176,26 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
         "nixbld7 reused what nixbld1 compiled, and compiled the edit: {compiled}"
     );
 
+    let prog = partition(&sb, "go").join("go-prog");
+    let counts = || -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(prog.join("counts")).unwrap()).unwrap()
+    };
+    assert!(
+        counts()["hits"].as_u64().unwrap() > 100 && counts()["rejected"] == 0,
+        "the cache went through srcstore gocacheprog: {}",
+        counts()
+    );
+
+    // Corrupted objects are dropped and rebuilt, never handed to the compiler.
+    let objects = prog.join("o");
+    for f in files(&objects).iter().take(50) {
+        let path = objects.join(f);
+        let mut bytes = fs::read(&path).unwrap();
+        if let Some(b) = bytes.last_mut() {
+            *b ^= 0xff;
+        }
+        fs::write(&path, bytes).unwrap();
+    }
     write(&p.join("msg.go"), msg("hello"));
     let reverted = build.build(&d.path(&sb), "3", "nixbld3");
     assert_eq!(
@@ -181,6 +203,7 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
         "{\"msg\":\"hello\"}\n",
         "the revert shows"
     );
+    assert!(counts()["rejected"].as_u64().unwrap() > 0, "{}", counts());
 }
 
 /// Every file under `dir`, relative.

@@ -10,6 +10,8 @@
 //!
 //! This module never sees a snapshot: it knows directories and names, nothing of the tree.
 
+pub mod gocacheprog;
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -23,6 +25,10 @@ pub const ATTRIBUTE: &str = "srcstoreCache";
 
 /// Where the volume appears inside the sandbox: the partition the build asked for.
 pub const STABLE_CACHE: &str = "/srcstore/cache";
+
+/// Where, inside the sandbox of a build that got the volume, srcstore itself is, for
+/// `srcstore gocacheprog`.
+pub const STABLE_BIN: &str = "/srcstore/bin/srcstore";
 
 /// Where, inside the sandbox, a build that asked for the volume and got none finds why.
 pub const DENIED_NOTE: &str = "/srcstore/no-cache";
@@ -103,6 +109,8 @@ pub struct PartitionStats {
     pub entries: u64,
     /// Their size, in bytes allocated on disk.
     pub bytes: u64,
+    /// What `srcstore gocacheprog` counted in it, over all its runs.
+    pub gocacheprog: gocacheprog::Counts,
 }
 
 /// What [`Volume::gc`] did.
@@ -124,7 +132,9 @@ impl Volume {
                     entries += 1;
                     bytes += f.bytes;
                 }
+                let counted = self.root.join(&name).join(gocacheprog::DIR_IN_PARTITION);
                 Ok(PartitionStats {
+                    gocacheprog: gocacheprog::read_counts(&counted),
                     name,
                     entries,
                     bytes,

@@ -63,7 +63,17 @@ pub fn run(cmd: Cache) -> anyhow::Result<ExitCode> {
             } else {
                 println!("volume: {}", volume.root().display());
                 for p in stats {
-                    println!("{}: {} entries, {}", p.name, p.entries, human(p.bytes));
+                    let c = p.gocacheprog;
+                    println!(
+                        "{}: {} entries, {}; gocacheprog: {} hits, {} misses, {} puts, {} rejected",
+                        p.name,
+                        p.entries,
+                        human(p.bytes),
+                        c.hits,
+                        c.misses,
+                        c.puts,
+                        c.rejected
+                    );
                 }
             }
         }

@@ -2,6 +2,7 @@ pub mod cache;
 pub mod completions;
 mod daemon;
 pub mod exit;
+pub mod gocacheprog;
 pub mod hash;
 pub mod mount;
 pub mod nix;

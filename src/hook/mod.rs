@@ -221,8 +221,15 @@ fn cache_volume(
                 .map_err(|e| volume::Denied(format!("{}: cannot mount it ({e})", path.display())))?
         }
     };
-    refs::sandbox_line(&path, Path::new(cache::STABLE_CACHE), &outside)
-        .map_err(|e| volume::Denied(e.to_string()))
+    let mut lines = refs::sandbox_line(&path, Path::new(cache::STABLE_CACHE), &outside)
+        .map_err(|e| volume::Denied(e.to_string()))?;
+    // The build's `srcstore gocacheprog`: this very binary, root's static copy under nix.conf.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Ok(line) = refs::sandbox_line(&exe, Path::new(cache::STABLE_BIN), &exe) {
+            lines.push_str(&line);
+        }
+    }
+    Ok(lines)
 }
 
 /// Where a build that asked for the volume and got none reads why; said on stderr too.

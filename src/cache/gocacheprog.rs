@@ -1,0 +1,484 @@
+//! A `GOCACHEPROG` program (Go ≥ 1.24): Go's build cache in a directory, every object's bytes
+//! checked against its OutputID.
+//!
+//! The protocol (`cmd/go/internal/cacheprog`): the program first answers with the commands it
+//! knows; then each request is one JSON line (`get`, `put`, `close`, with `ID`, `ActionID`,
+//! `OutputID` as base64), a `put` with a body followed by one more line, the body as a JSON
+//! base64 string. Answers are JSON lines with the request's `ID`.
+//!
+//! An OutputID is the SHA-256 of the object's bytes. A `put` whose body does not hash to its
+//! OutputID is rejected (an error to Go, which then builds without caching it), and a `get`
+//! whose stored object no longer hashes to its OutputID (truncated, corrupted) is a miss: the
+//! object is dropped and Go rebuilds it. Rejections are counted. This keeps corruption out, not
+//! poisoning: whoever may write the directory can store any bytes under a right OutputID (the
+//! owner rule of `hook::volume` keeps other users out).
+//!
+//! The store: `o/<2 hex>/<OutputID hex>` (object bytes) and `a/<2 hex>/<ActionID hex>` (a line
+//! `<OutputID hex> <size>`), each written to a new file and renamed into place, so concurrent
+//! builds sharing the directory see a whole entry or none.
+
+use std::fs;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The store's directory inside a partition of the volume.
+pub const DIR_IN_PARTITION: &str = "go-prog";
+
+/// Where `srcstore gocacheprog` stores by default: in the volume inside a sandbox that has one,
+/// else in the cache home.
+pub fn default_dir() -> Option<PathBuf> {
+    let volume = Path::new(super::STABLE_CACHE);
+    match volume.is_dir() {
+        true => Some(volume.join(DIR_IN_PARTITION)),
+        false => crate::daemon::paths::cache_home().map(|h| h.join("go")),
+    }
+}
+
+/// The largest body a `put` may carry; Go's objects are compiled packages and test outputs.
+pub const MAX_BODY: u64 = 1 << 30;
+/// The longest request line (bodies come on their own line).
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Request {
+    #[serde(rename = "ID")]
+    id: i64,
+    command: String,
+    #[serde(default, rename = "ActionID", with = "b64")]
+    action_id: Vec<u8>,
+    #[serde(default, rename = "OutputID", with = "b64")]
+    output_id: Vec<u8>,
+    #[serde(default)]
+    body_size: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Response {
+    #[serde(rename = "ID")]
+    id: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    err: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    known_commands: Vec<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    miss: bool,
+    #[serde(
+        rename = "OutputID",
+        skip_serializing_if = "Vec::is_empty",
+        with = "b64"
+    )]
+    output_id: Vec<u8>,
+    #[serde(skip_serializing_if = "is_zero")]
+    size: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    disk_path: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What one run did, for `srcstore cache stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub hits: u64,
+    pub misses: u64,
+    pub puts: u64,
+    pub rejected: u64,
+}
+
+/// A cache directory serving one Go process.
+pub struct Store {
+    dir: PathBuf,
+    pub counts: Counts,
+}
+
+impl Store {
+    /// The store in `dir`, made (mode 0700) if missing.
+    pub fn open(dir: &Path) -> io::Result<Store> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            counts: Counts::default(),
+        })
+    }
+
+    fn place(&self, kind: &str, id: &[u8]) -> PathBuf {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(kind).join(&hex[..2]).join(hex)
+    }
+
+    /// Writes `bytes` to `path` whole or not at all (no fsync: a torn entry fails its proof).
+    fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(path.parent().expect("a place has a parent"))?;
+        crate::index::write_whole(path, bytes)
+    }
+
+    fn get(&mut self, action: &[u8]) -> Response {
+        let miss = |s: &mut Store| {
+            s.counts.misses += 1;
+            Response {
+                miss: true,
+                ..Default::default()
+            }
+        };
+        let entry = self.place("a", action);
+        let Ok(line) = fs::read_to_string(&entry) else {
+            return miss(self);
+        };
+        let Some((output, size)) = parse_entry(&line) else {
+            let _ = fs::remove_file(&entry);
+            self.counts.rejected += 1;
+            return miss(self);
+        };
+        let object = self.place("o", &output);
+        // Proven on every get: a truncated or corrupted object is dropped, never handed on.
+        match fs::read(&object) {
+            Ok(bytes) if bytes.len() as u64 == size && Sha256::digest(&bytes)[..] == output[..] => {
+                self.counts.hits += 1;
+                Response {
+                    output_id: output,
+                    size,
+                    disk_path: object.display().to_string(),
+                    ..Default::default()
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    "{}: does not hash to its OutputID; dropped",
+                    object.display()
+                );
+                let _ = fs::remove_file(&object);
+                let _ = fs::remove_file(&entry);
+                self.counts.rejected += 1;
+                miss(self)
+            }
+            Err(_) => miss(self),
+        }
+    }
+
+    fn put(&mut self, action: &[u8], output: &[u8], body: &[u8]) -> Response {
+        if Sha256::digest(body)[..] != output[..] {
+            self.counts.rejected += 1;
+            return Response {
+                err: "the body does not hash to its OutputID; not stored".into(),
+                ..Default::default()
+            };
+        }
+        let object = self.place("o", output);
+        let stored = match fs::metadata(&object) {
+            Ok(m) if m.len() == body.len() as u64 => Ok(()),
+            _ => Self::write_atomically(&object, body),
+        };
+        let hex: String = output.iter().map(|b| format!("{b:02x}")).collect();
+        let entry = format!("{hex} {}\n", body.len());
+        match stored
+            .and_then(|()| Self::write_atomically(&self.place("a", action), entry.as_bytes()))
+        {
+            Ok(()) => {
+                self.counts.puts += 1;
+                Response {
+                    disk_path: object.display().to_string(),
+                    ..Default::default()
+                }
+            }
+            Err(e) => Response {
+                err: format!("{}: {e}", object.display()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn parse_entry(line: &str) -> Option<(Vec<u8>, u64)> {
+    let (hex, size) = line.trim_end().split_once(' ')?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let output = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((output, size.parse().ok()?))
+}
+
+/// Why a stream ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Serves Go's requests from `input` until `close` or the end of the stream, answering on
+/// `output`. A malformed request ends the stream with an error; nothing waits for input that
+/// cannot come.
+pub fn serve(
+    store: &mut Store,
+    mut input: impl BufRead,
+    mut output: impl Write,
+) -> Result<(), StreamError> {
+    let send = |r: &Response, out: &mut dyn Write| -> io::Result<()> {
+        serde_json::to_writer(&mut *out, r)?;
+        out.write_all(b"\n")?;
+        out.flush()
+    };
+    send(
+        &Response {
+            known_commands: vec!["get", "put", "close"],
+            ..Default::default()
+        },
+        &mut output,
+    )?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if read_line(&mut input, &mut line, MAX_LINE)? == 0 {
+            return Ok(());
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let req: Request =
+            serde_json::from_slice(&line).map_err(|e| StreamError::Malformed(e.to_string()))?;
+        let mut answer = match req.command.as_str() {
+            "get" => {
+                check_id("ActionID", &req.action_id)?;
+                store.get(&req.action_id)
+            }
+            "put" => {
+                check_id("ActionID", &req.action_id)?;
+                check_id("OutputID", &req.output_id)?;
+                let body = read_body(&mut input, req.body_size)?;
+                store.put(&req.action_id, &req.output_id, &body)
+            }
+            "close" => {
+                send(
+                    &Response {
+                        id: req.id,
+                        ..Default::default()
+                    },
+                    &mut output,
+                )?;
+                return Ok(());
+            }
+            other => Response {
+                err: format!("unknown command {other:?}"),
+                ..Default::default()
+            },
+        };
+        answer.id = req.id;
+        send(&answer, &mut output)?;
+    }
+}
+
+fn check_id(what: &str, id: &[u8]) -> Result<(), StreamError> {
+    match id.len() {
+        32 => Ok(()),
+        n => Err(StreamError::Malformed(format!(
+            "{what} of {n} bytes, not 32"
+        ))),
+    }
+}
+
+/// A put's body: none when its size is 0, else one line holding a JSON string of its base64.
+fn read_body(input: &mut impl BufRead, size: u64) -> Result<Vec<u8>, StreamError> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    if size > MAX_BODY {
+        return Err(StreamError::Malformed(format!(
+            "a body of {size} bytes, more than the {MAX_BODY} taken"
+        )));
+    }
+    let encoded_len = size.div_ceil(3) * 4;
+    let mut line = Vec::new();
+    // Go ends each request with an empty line too: the body is the next line with bytes in it.
+    while line.trim_ascii().is_empty() {
+        line.clear();
+        if read_line(input, &mut line, encoded_len as usize + 8)? == 0 {
+            return Err(StreamError::Malformed(
+                "the stream ends before a body".into(),
+            ));
+        }
+    }
+    let text = line.trim_ascii();
+    let inner = text
+        .strip_prefix(b"\"")
+        .and_then(|t| t.strip_suffix(b"\""))
+        .ok_or_else(|| StreamError::Malformed("a body that is not a JSON string".into()))?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(inner)
+        .map_err(|e| StreamError::Malformed(format!("a body that is not base64: {e}")))?;
+    if body.len() as u64 != size {
+        return Err(StreamError::Malformed(format!(
+            "a body of {} bytes where BodySize says {size}",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+/// Reads up to and including a newline into `buf`, at most `max` bytes; 0 at the end.
+fn read_line(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, StreamError> {
+    let n = input.take(max as u64 + 1).read_until(b'\n', buf)?;
+    if n > max {
+        return Err(StreamError::Malformed(format!(
+            "a line longer than {max} bytes"
+        )));
+    }
+    Ok(n)
+}
+
+/// Adds `counts` to the totals kept in `dir/counts` (under a lock: builds share the directory).
+pub fn add_counts(dir: &Path, counts: Counts) -> io::Result<Counts> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("counts.lock"))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+    let path = dir.join("counts");
+    let mut total = read_counts(dir);
+    total.hits += counts.hits;
+    total.misses += counts.misses;
+    total.puts += counts.puts;
+    total.rejected += counts.rejected;
+    Store::write_atomically(&path, serde_json::to_string(&total)?.as_bytes())?;
+    Ok(total)
+}
+
+/// The totals in `dir/counts`, zero if none.
+pub fn read_counts(dir: &Path) -> Counts {
+    let mut text = String::new();
+    let _ = fs::File::open(dir.join("counts")).and_then(|mut f| f.read_to_string(&mut text));
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    fn run(store: &mut Store, input: &str) -> (Result<(), StreamError>, Vec<serde_json::Value>) {
+        let mut out = Vec::new();
+        let r = serve(store, input.as_bytes(), &mut out);
+        let answers = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        (r, answers)
+    }
+
+    #[test]
+    fn a_put_object_is_got_back_and_a_corrupted_one_is_a_miss() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        let body = b"compiled package";
+        let (action, output) = ([7u8; 32], Sha256::digest(body));
+        let input = format!(
+            "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{o}\",\"BodySize\":{n}}}\n\n\"{b}\"\n\
+             {{\"ID\":2,\"Command\":\"get\",\"ActionID\":\"{a}\"}}\n{{\"ID\":3,\"Command\":\"close\"}}\n",
+            a = b64(&action),
+            o = b64(&output),
+            n = body.len(),
+            b = b64(body)
+        );
+        let (r, answers) = run(&mut store, &input);
+        r.unwrap();
+        assert_eq!(
+            answers[0]["KnownCommands"],
+            serde_json::json!(["get", "put", "close"])
+        );
+        let path = answers[1]["DiskPath"].as_str().unwrap().to_owned();
+        assert_eq!(fs::read(&path).unwrap(), body);
+        assert_eq!(answers[2]["OutputID"], b64(&output));
+        assert_eq!(answers[2]["Size"], body.len());
+        assert_eq!(answers[3]["ID"], 3);
+
+        fs::write(&path, b"compiled packagf").unwrap();
+        let get = format!(
+            "{{\"ID\":4,\"Command\":\"get\",\"ActionID\":\"{}\"}}\n",
+            b64(&action)
+        );
+        let (_, answers) = run(&mut store, &get);
+        assert_eq!(answers[1]["Miss"], true);
+        assert!(
+            !Path::new(&path).exists(),
+            "the corrupted object is dropped"
+        );
+        assert_eq!(store.counts.rejected, 1);
+    }
+
+    #[test]
+    fn a_body_that_does_not_hash_to_its_output_id_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        let input = format!(
+            "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{o}\",\"BodySize\":3}}\n\"{b}\"\n",
+            a = b64(&[1; 32]),
+            o = b64(&[2; 32]),
+            b = b64(b"abc")
+        );
+        let (r, answers) = run(&mut store, &input);
+        r.unwrap();
+        assert!(answers[1]["Err"].as_str().unwrap().contains("OutputID"));
+        assert_eq!((store.counts.rejected, store.counts.puts), (1, 0));
+    }
+
+    #[test]
+    fn a_malformed_stream_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        for bad in [
+            "{",
+            "{\"ID\":1,\"Command\":\"get\",\"ActionID\":\"AAAA\"}\n",
+            "{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"%%\"}\n",
+            &format!(
+                "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{a}\",\"BodySize\":10}}\n\"AAAA\"\n",
+                a = b64(&[1; 32])
+            ),
+            &format!(
+                "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{a}\",\"BodySize\":5}}\n",
+                a = b64(&[1; 32])
+            ),
+        ] {
+            assert!(run(&mut store, bad).0.is_err(), "{bad}");
+        }
+    }
+}
