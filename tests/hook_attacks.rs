@@ -552,3 +552,51 @@ fn a_daemon_speaking_another_protocol_fails_the_build_naming_setup_apply() {
         "{line}"
     );
 }
+
+#[test]
+fn a_daemon_naming_a_cache_volume_root_cannot_vouch_for_gets_no_volume_and_the_build_runs() {
+    let sb = Sandbox::new();
+    let secret = secret(&sb, "secret");
+    // What a daemon may name as its volume: a link to the secret, a directory open to others,
+    // a directory of another user's. Root opens none of them for the build.
+    let link = sb.path("link");
+    std::os::unix::fs::symlink(&secret.dir, &link).unwrap();
+    let open = sb.path("open");
+    fs::create_dir(&open).unwrap();
+    write(&open.join("file"), &secret.marker);
+    chmod(&open, 0o755);
+    let theirs = sb.path("theirs");
+    fs::create_dir(&theirs).unwrap();
+    write(&theirs.join("file"), &secret.marker);
+    support::own(&theirs, "srcstore-other", 0o700);
+    for (name, named) in [("link", &link), ("open", &open), ("theirs", &theirs)] {
+        let mountpoint = sb.path(&format!("mnt-{name}"));
+        fs::create_dir_all(&mountpoint).unwrap();
+        // One answer to every request: the pin, and the volume's path.
+        let reply = format!("{{\"ok\":true,\"pin\":7,\"path\":\"{}\"}}", named.display());
+        let pins = PinServer::answering(&sb.path(&format!("{name}.sock")), reply.leak());
+        let view = HostileView::mount(&mountpoint, &pins.path, Serve::Dir);
+        let src = view.snapshot();
+        let src = src.to_str().unwrap();
+        let nix = NixBuild::with_attrs(
+            &sb,
+            &format!("volume-{name}"),
+            "ls -R /srcstore/cache > $out 2>&1; cat /srcstore/cache/file >> $out 2>&1; \
+             cat /srcstore/no-cache >> $out",
+            r#"{ srcstoreCache = "go"; }"#,
+        );
+        let (out, log) = nix.build(src);
+        let out = out.unwrap_or_else(|| panic!("{name}: the build did not run: {log}"));
+        never_seen(&nix, src, &log, Some(&out), &secret.marker);
+        let said = fs::read_to_string(&out).unwrap();
+        assert!(
+            said.contains("built without the cache volume"),
+            "{name}: {said}"
+        );
+        assert!(
+            pins.requests().iter().any(|r| r.contains("\"volume\"")),
+            "{name}: the hook never asked for the volume: {:?}",
+            pins.requests()
+        );
+    }
+}
