@@ -86,23 +86,7 @@ echo "## $N rounds, medians: (A) (B) A/B"
 ## 1. Go
 PROJECT=$T/goapp; mkdir -p "$PROJECT"
 printf 'module example.com/app\n\ngo 1.24\n' > "$PROJECT/go.mod"
-cat > "$PROJECT/main.go" <<'GO'
-package main
-
-import (
-	"crypto/tls"
-	"encoding/json"
-	"fmt"
-	"net/http"
-)
-
-func main() {
-	b, _ := json.Marshal(map[string]string{"msg": Msg})
-	_ = http.StatusOK
-	_ = tls.VersionTLS13
-	fmt.Println(string(b))
-}
-GO
+cp "$repo/tests/fixtures/goapp/main.go" "$PROJECT/"
 msg() { printf 'package main\n\nconst Msg = "%s"\n' "$1" > "$PROJECT/msg.go"; }
 msg start
 start_daemon "$B" "$PROJECT" "$T/mnt-go" --allow-other

@@ -47,17 +47,19 @@ let
   };
 in
 {
-  # Go's build cache: through `srcstore gocacheprog` (every object checked against its
-  # OutputID) when the hook made srcstore visible, else Go's own directory. -trimpath keeps the
-  # source's path out of its keys.
-  go = with' "go" ''
+  # Go's build cache, Go's own directory in the volume. With `verify = true`, through
+  # `srcstore gocacheprog` instead (every object checked against its OutputID on put and get)
+  # when the hook made srcstore visible in the sandbox: slower per request (see
+  # docs/benchmarks.md). -trimpath keeps the source's path out of Go's keys.
+  go = { partition ? "go", verify ? false }: with' "go" ''
     export GOCACHE="$SRCSTORE_CACHE/go-build"
-    if [ "$SRCSTORE_CACHE" = /srcstore/cache ] && /srcstore/bin/srcstore --version > /dev/null 2>&1; then
+    if ${if verify then "true" else "false"} && [ "$SRCSTORE_CACHE" = /srcstore/cache ] &&
+        /srcstore/bin/srcstore --version > /dev/null 2>&1; then
       export GOCACHEPROG="/srcstore/bin/srcstore gocacheprog"
     fi
     export GOFLAGS="-trimpath ''${GOFLAGS:-}"
     export GOPATH="''${TMPDIR:-/tmp}/go" GOTOOLCHAIN=local
-  '';
+  '' { inherit partition; };
 
   # Zig's global and local caches.
   zig = with' "zig" ''

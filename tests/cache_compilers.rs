@@ -55,15 +55,15 @@ struct Build<'a> {
 const HOST: &str = "/usr /lib /lib64 /bin";
 
 impl<'a> Build<'a> {
-    /// `toolchains`: store paths the build uses (each one's `bin` goes on PATH).
+    /// `cache`: the function of nix/cache.nix, and its arguments after a space if any
+    /// (`go { verify = true; }`); `toolchains`: store paths the build uses (each one's `bin`
+    /// goes on PATH).
     fn new(sb: &'a Sandbox, cache: &str, toolchains: &[&str], script: &str) -> Self {
+        let (cache, args) = cache.split_once(' ').unwrap_or((cache, "{ }"));
         let toolchains: Vec<String> = toolchains.iter().map(|t| format!("\"{t}\"")).collect();
         let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
         let expr = sb.path(&format!("{cache}.nix"));
-        let script = script
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace("${", "\\${");
+        let script = support::nix_string(script);
         fs::write(
             &expr,
             format!(
@@ -72,7 +72,7 @@ impl<'a> Build<'a> {
                  name = \"{cache}-app\"; system = builtins.currentSystem; builder = \"${{bb}}/bin/sh\"; \
                  PATH = builtins.concatStringsSep \":\" (map (t: \"${{t}}/bin\") (tc ++ [ bb ])); \
                  inherit src round; \
-                 args = [ \"-c\" \". $srcstoreCacheSetup; {script}\" ]; }} // (import {lib}).{cache} {{ }})",
+                 args = [ \"-c\" \". $srcstoreCacheSetup; {script}\" ]; }} // (import {lib}).{cache} {args})",
                 bb = support::busybox_store_path(),
                 lib = lib.display(),
                 tc = toolchains.join(" "),
@@ -120,22 +120,8 @@ fn read(out: &Path, name: &str) -> String {
     fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{}/{name}: {e}", out.display()))
 }
 
-const GO_MAIN: &str = r#"package main
-
-import (
-	"crypto/tls"
-	"encoding/json"
-	"fmt"
-	"net/http"
-)
-
-func main() {
-	b, _ := json.Marshal(map[string]string{"msg": Msg})
-	_ = http.StatusOK
-	_ = tls.VersionTLS13
-	fmt.Println(string(b))
-}
-"#;
+/// A Go program importing net/http, crypto/tls and encoding/json; it prints `Msg` (in msg.go).
+const GO_MAIN: &str = include_str!("fixtures/goapp/main.go");
 
 #[test]
 fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
@@ -148,9 +134,10 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
     let d = Daemon::start(&sb, &p, &[]);
     let go = go_root();
     // `go build -v` names each package it compiles: a cache hit compiles only what changed.
+    // Through `srcstore gocacheprog`, which checks every object.
     let mut build = Build::new(
         &sb,
-        "go",
+        "go { verify = true; }",
         &[go],
         &format!(
             "export GOROOT={go} CGO_ENABLED=0; mkdir $out; cd /srcstore/src; \
@@ -237,22 +224,24 @@ fn partition(sb: &Sandbox, name: &str) -> PathBuf {
     volume.join(name)
 }
 
-#[test]
-fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
-    let sb = Sandbox::new();
+/// `msg.zig` holding `m`: the same size for every five-letter `m`, since Zig trusts a file
+/// whose inode, mtime and size it has seen.
+fn zig_msg(m: &str) -> String {
+    format!("pub const msg = \"{m}\";\n")
+}
+
+/// A Zig program printing `msg.zig`'s message (`hello`), and its build.
+fn zig_project(sb: &Sandbox) -> (PathBuf, Build<'_>) {
     let p = sb.path("zigapp");
     write(
         &p.join("main.zig"),
         "const std = @import(\"std\");\nconst msg = @import(\"msg.zig\").msg;\n\
          pub fn main() void {\n    std.debug.print(\"{s}\\n\", .{msg});\n}\n",
     );
-    // Same size every time: Zig trusts a file whose inode, mtime and size it has seen.
-    let msg = |m: &str| format!("pub const msg = \"{m}\";\n");
-    write(&p.join("msg.zig"), msg("hello"));
-    let d = Daemon::start(&sb, &p, &[]);
+    write(&p.join("msg.zig"), zig_msg("hello"));
     let zig = zig_root();
     let build = Build::new(
-        &sb,
+        sb,
         "zig",
         &[zig],
         &format!(
@@ -260,6 +249,14 @@ fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
              $out/app 2> $out/said"
         ),
     );
+    (p, build)
+}
+
+#[test]
+fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
+    let sb = Sandbox::new();
+    let (p, build) = zig_project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
 
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "hello\n");
@@ -270,7 +267,7 @@ fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
         "the global cache is in the volume: {before:?}"
     );
 
-    write(&p.join("msg.zig"), msg("HELLO"));
+    write(&p.join("msg.zig"), zig_msg("HELLO"));
     let edited = build.build(&d.path(&sb), "2", "nixbld7");
     assert_eq!(read(&edited, "said"), "HELLO\n", "the same-size edit shows");
     let new: Vec<_> = files(&global)
@@ -282,7 +279,7 @@ fn zig_sees_a_same_size_edit_and_its_revert_with_its_caches_in_the_volume() {
         "nixbld7 reused nixbld1's compiler_rt: {new:?}"
     );
 
-    write(&p.join("msg.zig"), msg("hello"));
+    write(&p.join("msg.zig"), zig_msg("hello"));
     let reverted = build.build(&d.path(&sb), "3", "nixbld3");
     assert_eq!(read(&reverted, "said"), "hello\n", "the revert shows");
 }
@@ -352,24 +349,7 @@ fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_rever
 #[test]
 fn zig_sees_a_same_size_edit_made_while_the_daemon_was_stopped() {
     let sb = Sandbox::new();
-    let p = sb.path("zigapp");
-    write(
-        &p.join("main.zig"),
-        "const std = @import(\"std\");\nconst msg = @import(\"msg.zig\").msg;\n\
-         pub fn main() void {\n    std.debug.print(\"{s}\\n\", .{msg});\n}\n",
-    );
-    let msg = |m: &str| format!("pub const msg = \"{m}\";\n");
-    write(&p.join("msg.zig"), msg("hello"));
-    let zig = zig_root();
-    let build = Build::new(
-        &sb,
-        "zig",
-        &[zig],
-        &format!(
-            "mkdir $out; cd /srcstore/src; {zig}/zig build-exe main.zig -femit-bin=$out/app; \
-             $out/app 2> $out/said"
-        ),
-    );
+    let (p, build) = zig_project(&sb);
     let mut d = Daemon::start(&sb, &p, &[]);
     let first = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&first, "said"), "hello\n");
@@ -377,7 +357,7 @@ fn zig_sees_a_same_size_edit_made_while_the_daemon_was_stopped() {
     // The volume outlives the daemon; numbers handed out again after a restart would let Zig
     // take the edited file (same size, same mtime) for the one it cached.
     d.stop_with("-TERM");
-    write(&p.join("msg.zig"), msg("HELLO"));
+    write(&p.join("msg.zig"), zig_msg("HELLO"));
     let d = Daemon::start(&sb, &p, &[]);
     let second = build.build(&d.path(&sb), "2", "nixbld7");
     assert_eq!(

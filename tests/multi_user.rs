@@ -366,3 +366,64 @@ fn only_the_owners_builds_get_the_cache_and_another_users_build_that_asks_gets_n
     let looked = w.user(OTHER, &["cat", log_file.to_str().unwrap()]);
     assert!(!looked.status.success(), "another user read the volume");
 }
+
+#[test]
+fn when_two_users_wait_on_one_derivation_the_cache_goes_only_to_a_build_its_owner_runs() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let src = w.path(DEV, &p);
+    // One derivation for both: whichever worker takes its lock first builds it; the other waits
+    // and gets the output.
+    let nix = NixBuild::with_attrs(
+        &w.sb,
+        "shared",
+        "sleep 3; if test -e /srcstore/cache; then echo used >> /srcstore/cache/log; \
+         echo cache > $out; else echo none > $out; fi",
+        r#"{ srcstoreCache = "t"; }"#,
+    );
+    let drv = w.root(&[
+        "nix-instantiate",
+        nix.expr.to_str().unwrap(),
+        "--argstr",
+        "src",
+        &src,
+    ]);
+    let drv = String::from_utf8(drv.stdout).unwrap().trim().to_owned();
+    let chroot = PathBuf::from(format!("{drv}.chroot"));
+    let spawn = |user: &str| {
+        w.in_ns(Some(user))
+            .args(["nix-build", "--no-out-link", nix.expr.to_str().unwrap()])
+            .args(["--argstr", "src", &src])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn(OTHER);
+    wait_for("the other user's build to start", || chroot.exists());
+    let second = spawn(DEV);
+    let (a, b) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        support::stderr(&a),
+        support::stderr(&b)
+    );
+    assert_eq!(a.stdout, b.stdout, "one output for both");
+    let out = PathBuf::from(String::from_utf8(a.stdout).unwrap().trim());
+    assert_eq!(
+        fs::read_to_string(out).unwrap(),
+        "none\n",
+        "the other user's worker built it, without the owner's cache"
+    );
+    let volumes = PathBuf::from(format!("/home/{DEV}/.cache/srcstore/volumes"));
+    let used = fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("t/log").exists());
+    assert!(!used, "nothing was written to the owner's volume");
+}

@@ -20,6 +20,7 @@
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ pub struct Counts {
 /// A cache directory serving one Go process.
 pub struct Store {
     dir: PathBuf,
-    pub counts: Counts,
+    counts: Mutex<Counts>,
 }
 
 impl Store {
@@ -126,8 +127,17 @@ impl Store {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         Ok(Store {
             dir: dir.to_path_buf(),
-            counts: Counts::default(),
+            counts: Mutex::default(),
         })
+    }
+
+    /// What this store has done so far.
+    pub fn counts(&self) -> Counts {
+        *self.counts.lock().unwrap()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counts)) {
+        f(&mut self.counts.lock().unwrap());
     }
 
     fn place(&self, kind: &str, id: &[u8]) -> PathBuf {
@@ -141,9 +151,9 @@ impl Store {
         crate::index::write_whole(path, bytes)
     }
 
-    fn get(&mut self, action: &[u8]) -> Response {
-        let miss = |s: &mut Store| {
-            s.counts.misses += 1;
+    fn get(&self, action: &[u8]) -> Response {
+        let miss = |s: &Store| {
+            s.count(|c| c.misses += 1);
             Response {
                 miss: true,
                 ..Default::default()
@@ -155,14 +165,14 @@ impl Store {
         };
         let Some((output, size)) = parse_entry(&line) else {
             let _ = fs::remove_file(&entry);
-            self.counts.rejected += 1;
+            self.count(|c| c.rejected += 1);
             return miss(self);
         };
         let object = self.place("o", &output);
         // Proven on every get: a truncated or corrupted object is dropped, never handed on.
         match fs::read(&object) {
             Ok(bytes) if bytes.len() as u64 == size && Sha256::digest(&bytes)[..] == output[..] => {
-                self.counts.hits += 1;
+                self.count(|c| c.hits += 1);
                 Response {
                     output_id: output,
                     size,
@@ -177,16 +187,16 @@ impl Store {
                 );
                 let _ = fs::remove_file(&object);
                 let _ = fs::remove_file(&entry);
-                self.counts.rejected += 1;
+                self.count(|c| c.rejected += 1);
                 miss(self)
             }
             Err(_) => miss(self),
         }
     }
 
-    fn put(&mut self, action: &[u8], output: &[u8], body: &[u8]) -> Response {
+    fn put(&self, action: &[u8], output: &[u8], body: &[u8]) -> Response {
         if Sha256::digest(body)[..] != output[..] {
-            self.counts.rejected += 1;
+            self.count(|c| c.rejected += 1);
             return Response {
                 err: "the body does not hash to its OutputID; not stored".into(),
                 ..Default::default()
@@ -203,7 +213,7 @@ impl Store {
             .and_then(|()| Self::write_atomically(&self.place("a", action), entry.as_bytes()))
         {
             Ok(()) => {
-                self.counts.puts += 1;
+                self.count(|c| c.puts += 1);
                 Response {
                     disk_path: object.display().to_string(),
                     ..Default::default()
@@ -239,63 +249,95 @@ pub enum StreamError {
 
 /// Serves Go's requests from `input` until `close` or the end of the stream, answering on
 /// `output`. A malformed request ends the stream with an error; nothing waits for input that
-/// cannot come.
+/// cannot come. Go sends requests without waiting for answers, and takes them in any order:
+/// gets and puts are answered by a few threads at once, as a disk cache would serve them.
 pub fn serve(
     store: &mut Store,
     mut input: impl BufRead,
-    mut output: impl Write,
+    output: impl Write + Send,
 ) -> Result<(), StreamError> {
-    let send = |r: &Response, out: &mut dyn Write| -> io::Result<()> {
-        serde_json::to_writer(&mut *out, r)?;
-        out.write_all(b"\n")?;
-        out.flush()
+    let store = &*store;
+    let output = Mutex::new(output);
+    let failed: Mutex<Option<io::Error>> = Mutex::new(None);
+    let send = |r: &Response| {
+        let mut out = output.lock().unwrap();
+        let sent = serde_json::to_writer(&mut *out, r)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(e) = sent {
+            failed.lock().unwrap().get_or_insert(e);
+        }
     };
-    send(
-        &Response {
-            known_commands: vec!["get", "put", "close"],
-            ..Default::default()
-        },
-        &mut output,
-    )?;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if read_line(&mut input, &mut line, MAX_LINE)? == 0 {
-            return Ok(());
+    send(&Response {
+        known_commands: vec!["get", "put", "close"],
+        ..Default::default()
+    });
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let (jobs, queue) = mpsc::sync_channel::<(Request, Vec<u8>)>(workers * 4);
+    let queue = Mutex::new(queue);
+    let closed = std::thread::scope(|scope| -> Result<Option<i64>, StreamError> {
+        // Owned here: the workers stop when the reader returns and drops it.
+        let jobs = jobs;
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let Ok((req, body)) = queue.lock().unwrap().recv() else {
+                    return;
+                };
+                let mut answer = match req.command.as_str() {
+                    "get" => store.get(&req.action_id),
+                    _ => store.put(&req.action_id, &req.output_id, &body),
+                };
+                answer.id = req.id;
+                send(&answer);
+            });
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let req: Request =
-            serde_json::from_slice(&line).map_err(|e| StreamError::Malformed(e.to_string()))?;
-        let mut answer = match req.command.as_str() {
-            "get" => {
-                check_id("ActionID", &req.action_id)?;
-                store.get(&req.action_id)
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if read_line(&mut input, &mut line, MAX_LINE)? == 0 {
+                return Ok(None);
             }
-            "put" => {
-                check_id("ActionID", &req.action_id)?;
-                check_id("OutputID", &req.output_id)?;
-                let body = read_body(&mut input, req.body_size)?;
-                store.put(&req.action_id, &req.output_id, &body)
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
-            "close" => {
-                send(
-                    &Response {
+            let req: Request =
+                serde_json::from_slice(&line).map_err(|e| StreamError::Malformed(e.to_string()))?;
+            let body = match req.command.as_str() {
+                "get" => {
+                    check_id("ActionID", &req.action_id)?;
+                    Vec::new()
+                }
+                "put" => {
+                    check_id("ActionID", &req.action_id)?;
+                    check_id("OutputID", &req.output_id)?;
+                    read_body(&mut input, req.body_size)?
+                }
+                // Answered once every request before it is.
+                "close" => return Ok(Some(req.id)),
+                other => {
+                    send(&Response {
                         id: req.id,
+                        err: format!("unknown command {other:?}"),
                         ..Default::default()
-                    },
-                    &mut output,
-                )?;
-                return Ok(());
+                    });
+                    continue;
+                }
+            };
+            if jobs.send((req, body)).is_err() {
+                return Ok(None);
             }
-            other => Response {
-                err: format!("unknown command {other:?}"),
-                ..Default::default()
-            },
-        };
-        answer.id = req.id;
-        send(&answer, &mut output)?;
+        }
+    })?;
+    if let Some(id) = closed {
+        send(&Response {
+            id,
+            ..Default::default()
+        });
+    }
+    match failed.into_inner().unwrap() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 
@@ -442,7 +484,7 @@ mod tests {
             !Path::new(&path).exists(),
             "the corrupted object is dropped"
         );
-        assert_eq!(store.counts.rejected, 1);
+        assert_eq!(store.counts().rejected, 1);
     }
 
     #[test]
@@ -458,7 +500,7 @@ mod tests {
         let (r, answers) = run(&mut store, &input);
         r.unwrap();
         assert!(answers[1]["Err"].as_str().unwrap().contains("OutputID"));
-        assert_eq!((store.counts.rejected, store.counts.puts), (1, 0));
+        assert_eq!((store.counts().rejected, store.counts().puts), (1, 0));
     }
 
     #[test]

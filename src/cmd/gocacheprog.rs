@@ -23,9 +23,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let served = gocacheprog::serve(
         &mut store,
         std::io::stdin().lock(),
-        std::io::BufWriter::new(std::io::stdout().lock()),
+        std::io::BufWriter::new(std::io::stdout()),
     );
-    if let Err(e) = gocacheprog::add_counts(&dir, store.counts) {
+    if let Err(e) = gocacheprog::add_counts(&dir, store.counts()) {
         tracing::warn!("{}: cannot count this run: {e}", dir.display());
     }
     served.with_context(|| format!("{}: GOCACHEPROG stream", dir.display()))?;

@@ -307,6 +307,13 @@ pub fn busybox_store_path() -> String {
     .clone()
 }
 
+/// `text` escaped for the inside of a Nix string.
+pub fn nix_string(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${")
+}
+
 /// A pre-build-hook program running this srcstore's hook, as nix.conf would name it.
 pub fn hook_script(sb: &Sandbox) -> PathBuf {
     let hook = sb.path("hook");
@@ -340,10 +347,7 @@ impl<'a> NixBuild<'a> {
     pub fn with_attrs(sb: &'a Sandbox, name: &str, script: &str, attrs: &str) -> Self {
         let bb = busybox_store_path();
         let expr = sb.path(&format!("{name}.nix"));
-        let script = script
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace("${", "\\${");
+        let script = nix_string(script);
         fs::write(
             &expr,
             format!(
