@@ -324,6 +324,12 @@ fn a_mount_nix_daemon_cannot_see_fails_the_build_with_one_line_naming_the_cause(
     );
 }
 
+/// The cache volume of `user`'s `project`, where their daemon keeps it.
+fn volume(user: &str, project: &Path) -> PathBuf {
+    let home = PathBuf::from(format!("/home/{user}/.cache/srcstore"));
+    srcstore::daemon::paths::volume_path(&home, &project.canonicalize().unwrap())
+}
+
 #[test]
 fn only_the_owners_builds_get_the_cache_and_another_users_build_that_asks_gets_none() {
     let mut w = World::new(true);
@@ -355,13 +361,7 @@ fn only_the_owners_builds_get_the_cache_and_another_users_build_that_asks_gets_n
     );
 
     // On disk: the owner's alone, untouched by the other build, closed to other users.
-    let volumes = PathBuf::from(format!("/home/{DEV}/.cache/srcstore/volumes"));
-    let log_file = fs::read_dir(&volumes)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("t/log"))
-        .find(|l| l.exists())
-        .expect("the partition on disk");
+    let log_file = volume(DEV, &p).join("t/log");
     assert_eq!(fs::read_to_string(&log_file).unwrap(), "dev\n");
     let looked = w.user(OTHER, &["cat", log_file.to_str().unwrap()]);
     assert!(!looked.status.success(), "another user read the volume");
@@ -420,10 +420,8 @@ fn when_two_users_wait_on_one_derivation_the_cache_goes_only_to_a_build_its_owne
         "none\n",
         "the other user's worker built it, without the owner's cache"
     );
-    let volumes = PathBuf::from(format!("/home/{DEV}/.cache/srcstore/volumes"));
-    let used = fs::read_dir(&volumes)
-        .unwrap()
-        .flatten()
-        .any(|e| e.path().join("t/log").exists());
-    assert!(!used, "nothing was written to the owner's volume");
+    assert!(
+        !volume(DEV, &p).join("t/log").exists(),
+        "nothing was written to the owner's volume"
+    );
 }
