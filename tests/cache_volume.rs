@@ -280,3 +280,38 @@ fn cache_stats_clear_and_gc_work_on_the_volume_with_or_without_a_daemon() {
         "{line}"
     );
 }
+
+#[test]
+fn srcstore_in_the_sandbox_is_read_only_even_to_a_build_running_as_host_root() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    // A copy of the binary runs the hook, so that a failure here damages only the copy.
+    let copy = sb.path("srcstore-copy");
+    fs::copy(support::srcstore_bin(), &copy).unwrap();
+    let hook = sb.path("hook-copy");
+    write(&hook, format!("#!/bin/sh\nexec {} nix hook \"$@\"\n", copy.display()));
+    support::chmod(&hook, 0o755);
+    let before = fs::read(&copy).unwrap();
+    let nix = NixBuild::with_attrs(
+        &sb,
+        "overwrite",
+        "if test -e /srcstore/bin/srcstore && ! echo x >> /srcstore/bin/srcstore; \
+         then echo refused > $out; else echo wrote > $out; fi",
+        r#"{ srcstoreCache = "t"; }"#,
+    );
+    // With `build-users-group =` the builder is host root (uid 1000 of its user namespace).
+    let out = std::process::Command::new("nix-build")
+        .args(["--no-out-link", "--option", "build-users-group", ""])
+        .args(["--option", "pre-build-hook"])
+        .arg(&hook)
+        .arg(&nix.expr)
+        .args(["--argstr", "src", d.path(&sb).to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = support::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let built = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(fs::read_to_string(built).unwrap(), "refused\n", "{log}");
+    assert!(fs::read(&copy).unwrap() == before, "the binary was changed");
+}

@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 /// The arguments that make `srcstore` run [`hold_user_namespace`].
@@ -37,7 +37,7 @@ impl Mapping {
     }
 }
 
-/// A user namespace mapping the owner's ids to the build's, for [`set_idmap`].
+/// A user namespace mapping the owner's ids to the build's, for [`set_attrs`].
 pub fn user_namespace(map: Mapping) -> io::Result<OwnedFd> {
     let mut child = Command::new("/proc/self/exe")
         .args(HOLDER_ARGS)
@@ -95,20 +95,32 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// Makes the detached mount `tree` (from `open_tree(OPEN_TREE_CLONE)`, not yet attached)
-/// id-mapped by `userns`, and `nosuid,nodev`: a volume holds caches, never devices or
-/// programs that gain privileges.
-pub fn set_idmap(tree: impl AsFd, userns: impl AsFd) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+/// `nosuid,nodev` (a volume holds caches, never devices or programs that gain privileges),
+/// id-mapped by `userns` if given, and read-only if `read_only`.
+pub fn set_attrs(
+    tree: impl AsFd,
+    userns: Option<BorrowedFd<'_>>,
+    read_only: bool,
+) -> io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_fd().as_raw_fd() as u64,
+        userns_fd: 0,
     };
+    if let Some(ns) = userns {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = ns.as_raw_fd() as u64;
+    }
+    if read_only {
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    }
     // SAFETY: the path is a valid NUL-terminated empty string, `attr` a live `mount_attr` of
     // the size passed, both borrowed for the call only; the descriptors are borrowed and open.
     let r = unsafe {

@@ -199,9 +199,10 @@ fn cache_volume(
         }
     };
     let (dir, owner_gid) = volume::open(&path, owner)?;
-    let outside = match staging {
+    let exe = std::env::current_exe().ok();
+    let (outside, bin) = match staging {
         // Not root: the build runs as this user, who can only be the owner here.
-        None if owner == rustix::process::geteuid().as_raw() => path.clone(),
+        None if owner == rustix::process::geteuid().as_raw() => (path.clone(), exe),
         None => {
             return Err(volume::Denied(format!(
                 "{}: another user's volume",
@@ -216,18 +217,21 @@ fn cache_volume(
                 build_uid,
                 build_gid,
             };
-            staging
-                .stage_volume(&dir, map)
-                .map_err(|e| volume::Denied(format!("{}: cannot mount it ({e})", path.display())))?
+            let slot = staging.stage_volume(&dir, map).map_err(|e| {
+                volume::Denied(format!("{}: cannot mount it ({e})", path.display()))
+            })?;
+            // Root's own binary, read-only even to a build that runs as host root.
+            let bin = exe.and_then(|e| staging.stage_read_only_file(&e).ok());
+            (slot, bin)
         }
     };
     let mut lines = refs::sandbox_line(&path, Path::new(cache::STABLE_CACHE), &outside)
         .map_err(|e| volume::Denied(e.to_string()))?;
     // The build's `srcstore gocacheprog`: this very binary, root's static copy under nix.conf.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Ok(line) = refs::sandbox_line(&exe, Path::new(cache::STABLE_BIN), &exe) {
-            lines.push_str(&line);
-        }
+    if let Some(line) =
+        bin.and_then(|b| refs::sandbox_line(&b, Path::new(cache::STABLE_BIN), &b).ok())
+    {
+        lines.push_str(&line);
     }
     Ok(lines)
 }

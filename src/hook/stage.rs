@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -124,9 +124,28 @@ impl Staging {
     pub fn stage_volume(&mut self, dir: &OwnedFd, map: Mapping) -> std::io::Result<PathBuf> {
         let slot = self.next_slot()?;
         let tree = clone_of(dir)?;
-        if !map.is_identity() {
-            idmap::set_idmap(&tree, idmap::user_namespace(map)?)?;
-        }
+        let userns = match map.is_identity() {
+            true => None,
+            false => Some(idmap::user_namespace(map)?),
+        };
+        idmap::set_attrs(&tree, userns.as_ref().map(|n| n.as_fd()), false)?;
+        attach(&tree, &slot)?;
+        Ok(slot)
+    }
+
+    /// Mounts a read-only clone of the file `path` (root's own) on a new file slot; its path.
+    /// A bind that Nix makes of it stays read-only, even for a build running as host root.
+    pub fn stage_read_only_file(&mut self, path: &Path) -> std::io::Result<PathBuf> {
+        let slot = self.dir.join(format!("{}.file", self.slots));
+        self.slots += 1;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&slot)?;
+        let file = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        let tree = clone_of(&file)?;
+        idmap::set_attrs(&tree, None, true)?;
         attach(&tree, &slot)?;
         Ok(slot)
     }
@@ -239,8 +258,10 @@ fn remove(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            // The record and a note are files; every other entry a slot with a mount on it.
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
+            // The record and a note are files; every other entry a slot with a mount on it (a
+            // directory, or a file named `<n>.file`).
+            let is_slot = entry.file_name().to_string_lossy().ends_with(".file");
+            if !is_slot && entry.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = fs::remove_file(&path);
                 continue;
             }
@@ -250,7 +271,10 @@ fn remove(dir: &Path) {
                     tracing::warn!("{}: cannot unmount a staged snapshot: {e}", path.display())
                 }
             }
-            let _ = fs::remove_dir(&path);
+            let _ = match is_slot {
+                true => fs::remove_file(&path),
+                false => fs::remove_dir(&path),
+            };
         }
     }
     let _ = fs::remove_dir(dir);

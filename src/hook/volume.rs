@@ -56,6 +56,7 @@ pub fn requester(parent: Pid) -> Result<u32, Denied> {
             uids.push(uid);
         }
     }
+    uids.sort_unstable();
     uids.dedup();
     match uids[..] {
         [uid] => Ok(uid),
