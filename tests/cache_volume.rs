@@ -290,7 +290,10 @@ fn srcstore_in_the_sandbox_is_read_only_even_to_a_build_running_as_host_root() {
     let copy = sb.path("srcstore-copy");
     fs::copy(support::srcstore_bin(), &copy).unwrap();
     let hook = sb.path("hook-copy");
-    write(&hook, format!("#!/bin/sh\nexec {} nix hook \"$@\"\n", copy.display()));
+    write(
+        &hook,
+        format!("#!/bin/sh\nexec {} nix hook \"$@\"\n", copy.display()),
+    );
     support::chmod(&hook, 0o755);
     let before = fs::read(&copy).unwrap();
     let nix = NixBuild::with_attrs(
@@ -314,4 +317,58 @@ fn srcstore_in_the_sandbox_is_read_only_even_to_a_build_running_as_host_root() {
     let built = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     assert_eq!(fs::read_to_string(built).unwrap(), "refused\n", "{log}");
     assert!(fs::read(&copy).unwrap() == before, "the binary was changed");
+}
+
+#[test]
+fn two_builds_at_once_share_the_volume() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    // Each writes 300 entries of its own (written aside, renamed into place, as caches do) and
+    // reads back what it wrote while the other writes beside it.
+    let builds: Vec<NixBuild> = ["a", "b"]
+        .iter()
+        .map(|who| {
+            NixBuild::with_attrs(
+                &sb,
+                &format!("together-{who}"),
+                &format!(
+                    "mkdir -p /srcstore/cache/entries; i=0; while [ $i -lt 300 ]; do \
+                     echo {who}$i > /srcstore/cache/entries/.{who}$i.tmp && \
+                     mv /srcstore/cache/entries/.{who}$i.tmp /srcstore/cache/entries/{who}$i; \
+                     i=$((i+1)); done; cat /srcstore/cache/entries/{who}* | wc -l > $out"
+                ),
+                r#"{ srcstoreCache = "t"; }"#,
+            )
+        })
+        .collect();
+    let children: Vec<_> = builds
+        .iter()
+        .map(|b| {
+            std::process::Command::new("nix-build")
+                .args(["--no-out-link", "--option", "pre-build-hook"])
+                .arg(&b.hook)
+                .arg(&b.expr)
+                .args(["--argstr", "src", src.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        let built = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert_eq!(fs::read_to_string(built).unwrap().trim(), "300");
+    }
+    let entries = partition(&sb, "t").join("entries");
+    for who in ["a", "b"] {
+        for i in [0, 150, 299] {
+            let e = fs::read_to_string(entries.join(format!("{who}{i}"))).unwrap();
+            assert_eq!(e, format!("{who}{i}\n"));
+        }
+    }
+    assert_eq!(fs::read_dir(&entries).unwrap().count(), 600);
 }

@@ -425,3 +425,53 @@ fn when_two_users_wait_on_one_derivation_the_cache_goes_only_to_a_build_its_owne
         "nothing was written to the owner's volume"
     );
 }
+
+#[test]
+fn zig_builds_through_nix_daemon_for_a_user_reuse_the_cache_as_another_build_user() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "zigapp");
+    let main = p.join("main.zig");
+    write(
+        &main,
+        "const std = @import(\"std\");\nconst msg = @import(\"msg.zig\").msg;\n\
+         pub fn main() void {\n    std.debug.print(\"{s}\\n\", .{msg});\n}\n",
+    );
+    let msg = p.join("msg.zig");
+    let say = |m: &str| format!("pub const msg = \"{m}\";\n");
+    write(&msg, say("hello"));
+    for f in [&main, &msg] {
+        own(f, DEV, 0o644);
+    }
+    w.mount(DEV, &p);
+    let zig = support::zig_root();
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
+    let build = |round: &str, user: &str| {
+        let nix = NixBuild::with_attrs(
+            &w.sb,
+            &format!("zig-{round}"),
+            ". $srcstoreCacheSetup; mkdir $out; cd /srcstore/src; \
+             $zig/zig build-exe main.zig -femit-bin=$out/app; $out/app 2> $out/said",
+            &format!(
+                "(import {}).zig {{ }} // {{ zig = builtins.storePath \"{zig}\"; }}",
+                lib.display()
+            ),
+        );
+        let _only = support::OnlyBuildUser::new(user);
+        let (out, log) = w.build(DEV, &nix, &w.path(DEV, &p));
+        let out = out.unwrap_or_else(|| panic!("round {round} as {user}: {log}"));
+        fs::read_to_string(out.join("said")).unwrap()
+    };
+    assert_eq!(build("1", "nixbld1"), "hello\n");
+    write(&msg, say("HELLO"));
+    assert_eq!(build("2", "nixbld7"), "HELLO\n", "the same-size edit shows");
+    let global = volume(DEV, &p).join("zig/zig-global");
+    assert!(global.is_dir(), "the cache is in the owner's volume");
+    let meta = fs::metadata(&global).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        uid_of(DEV),
+        "written by nixbld1 and nixbld7, the owner's on disk"
+    );
+    write(&msg, say("hello"));
+    assert_eq!(build("3", "nixbld3"), "hello\n", "the revert shows");
+}

