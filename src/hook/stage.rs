@@ -41,14 +41,7 @@ const UNRECORDED_GRACE: Duration = Duration::from_secs(60);
 /// Opens the snapshot directory `basename` of `view` as described in the module docs.
 pub fn resolve(view: &ViewMount, basename: &str, named: &Path) -> Result<OwnedFd, HookError> {
     let fail = |why: String| HookError::new(named, why);
-    let root = rustix::fs::openat2(
-        CWD,
-        &view.mountpoint,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| {
+    let root = open_dir_unfollowed(&view.mountpoint).map_err(|e| {
         fail(format!(
             "cannot open the view at {} without following symlinks ({e})",
             view.mountpoint.display()
@@ -85,6 +78,19 @@ pub fn resolve(view: &ViewMount, basename: &str, named: &Path) -> Result<OwnedFd
             e => format!("cannot open it in the view ({e})"),
         })
     })
+}
+
+/// Opens the directory at the absolute `path` as root must open what users name: no symlink
+/// followed anywhere in it (nor a magic link of /proc), only a handle (`O_PATH`) to check and
+/// clone.
+pub fn open_dir_unfollowed(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// A staging directory for one build's snapshots.

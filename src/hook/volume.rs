@@ -17,7 +17,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
 
 /// Why a build that asked gets no volume: one line for its log.
@@ -172,14 +171,7 @@ fn primary_gid(uid: u32) -> Option<u32> {
 /// Opens the volume directory `path` (from its daemon) as root must: no symlink followed
 /// anywhere in it, a directory owned by `owner`, mode 0700. Its owner's group with it.
 pub fn open(path: &Path, owner: u32) -> Result<(OwnedFd, u32), Denied> {
-    let dir = rustix::fs::openat2(
-        CWD,
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| {
+    let dir = super::stage::open_dir_unfollowed(path).map_err(|e| {
         Denied(format!(
             "{}: cannot open it without following symlinks ({e})",
             path.display()
