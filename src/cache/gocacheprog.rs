@@ -436,14 +436,17 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(b)
     }
 
+    /// Serves `input`; the capabilities answer first, then the answers by ID (Go takes them
+    /// in any order).
     fn run(store: &mut Store, input: &str) -> (Result<(), StreamError>, Vec<serde_json::Value>) {
         let mut out = Vec::new();
         let r = serve(store, input.as_bytes(), &mut out);
-        let answers = out
+        let mut answers: Vec<serde_json::Value> = out
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).unwrap())
             .collect();
+        answers[1..].sort_by_key(|a| a["ID"].as_i64());
         (r, answers)
     }
 
@@ -453,15 +456,16 @@ mod tests {
         let mut store = Store::open(tmp.path()).unwrap();
         let body = b"compiled package";
         let (action, output) = ([7u8; 32], Sha256::digest(body));
-        let input = format!(
+        // A put, then (in a later run: answers of one run may come in any order) a get.
+        let put = format!(
             "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{o}\",\"BodySize\":{n}}}\n\n\"{b}\"\n\
-             {{\"ID\":2,\"Command\":\"get\",\"ActionID\":\"{a}\"}}\n{{\"ID\":3,\"Command\":\"close\"}}\n",
+             {{\"ID\":2,\"Command\":\"close\"}}\n",
             a = b64(&action),
             o = b64(&output),
             n = body.len(),
             b = b64(body)
         );
-        let (r, answers) = run(&mut store, &input);
+        let (r, answers) = run(&mut store, &put);
         r.unwrap();
         assert_eq!(
             answers[0]["KnownCommands"],
@@ -469,9 +473,16 @@ mod tests {
         );
         let path = answers[1]["DiskPath"].as_str().unwrap().to_owned();
         assert_eq!(fs::read(&path).unwrap(), body);
-        assert_eq!(answers[2]["OutputID"], b64(&output));
-        assert_eq!(answers[2]["Size"], body.len());
-        assert_eq!(answers[3]["ID"], 3);
+        assert_eq!(answers[2]["ID"], 2, "close is answered last");
+        let get = format!(
+            "{{\"ID\":3,\"Command\":\"get\",\"ActionID\":\"{}\"}}\n",
+            b64(&action)
+        );
+        let (r, answers) = run(&mut store, &get);
+        r.unwrap();
+        assert_eq!(answers[1]["OutputID"], b64(&output));
+        assert_eq!(answers[1]["Size"], body.len());
+        assert_eq!(answers[1]["DiskPath"], path);
 
         fs::write(&path, b"compiled packagf").unwrap();
         let get = format!(
