@@ -372,3 +372,105 @@ fn two_builds_at_once_share_the_volume() {
     }
     assert_eq!(fs::read_dir(&entries).unwrap().count(), 600);
 }
+
+#[test]
+fn two_builds_run_by_one_nix_at_once_each_get_the_volume_as_their_own_build_user() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    // Two derivations one nix-build runs side by side (-j 2): when the hook runs for the second,
+    // Nix holds two build users' locks, and the volume must be mapped to this build's.
+    let bb = support::busybox_store_path();
+    let expr = sb.path("pair.nix");
+    let child = |who: &str| {
+        format!(
+            "derivation {{ name = \"pair-{who}\"; system = builtins.currentSystem; \
+             builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; inherit src; srcstoreCache = \"t\"; \
+             args = [ \"-c\" \"sleep 1; echo {who} > /srcstore/cache/{who} && cat /srcstore/cache/{who} > $out\" ]; }}"
+        )
+    };
+    write(
+        &expr,
+        format!(
+            "{{ src }}: let bb = builtins.storePath \"{bb}\"; a = {}; b = {}; in \
+             derivation {{ name = \"pair\"; system = builtins.currentSystem; \
+             builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; \
+             args = [ \"-c\" \"cat ${{a}} ${{b}} > $out\" ]; }}",
+            child("a"),
+            child("b")
+        ),
+    );
+    let out = std::process::Command::new("nix-build")
+        .args(["--no-out-link", "-j", "2", "--option", "pre-build-hook"])
+        .arg(support::hook_script(&sb))
+        .arg(&expr)
+        .args(["--argstr", "src", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = support::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let built = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(fs::read_to_string(built).unwrap(), "a\nb\n", "{log}");
+    assert!(!log.contains("built without the cache volume"), "{log}");
+}
+
+/// `srcstore gocacheprog --dir DIR` fed `input`: its output and exit.
+fn gocacheprog(sb: &Sandbox, dir: &Path, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = sb
+        .cmd()
+        .args(["gocacheprog", "--dir"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn gocacheprog_speaks_gos_protocol_and_a_malformed_stream_is_one_line_and_exit_1() {
+    let sb = Sandbox::new();
+    let dir = sb.path("go-prog");
+    // What Go sends for a put (the request, an empty line, the body) and a get; ids are
+    // base64 of 32 bytes; the OutputID is the SHA-256 of "hi".
+    let action = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let output = "j0NDRmSPa5bfid2pAcUXaxCm2Dlh3TwayItZstwyeqQ=";
+    let put = format!(
+        "{{\"ID\":1,\"Command\":\"put\",\"ActionID\":\"{action}\",\"OutputID\":\"{output}\",\"BodySize\":2}}\n\n\"aGk=\"\n{{\"ID\":2,\"Command\":\"close\"}}\n"
+    );
+    let out = gocacheprog(&sb, &dir, &put);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let get = format!(
+        "{{\"ID\":3,\"Command\":\"get\",\"ActionID\":\"{action}\"}}\n{{\"ID\":4,\"Command\":\"close\"}}\n"
+    );
+    let out = gocacheprog(&sb, &dir, &get);
+    let answers = String::from_utf8(out.stdout).unwrap();
+    let get_answer: serde_json::Value =
+        serde_json::from_str(answers.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(get_answer["OutputID"], output, "{answers}");
+    let disk = get_answer["DiskPath"].as_str().unwrap();
+    assert_eq!(fs::read(disk).unwrap(), b"hi");
+
+    let out = gocacheprog(
+        &sb,
+        &dir,
+        "{\"ID\":5,\"Command\":\"get\",\"ActionID\":\"short\"}\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = support::stderr(&out);
+    assert!(
+        err.trim().lines().count() == 1
+            && err.contains(dir.to_str().unwrap())
+            && err.contains("malformed"),
+        "{err}"
+    );
+}
