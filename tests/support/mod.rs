@@ -309,7 +309,9 @@ pub fn busybox_store_path() -> String {
         )
         .unwrap();
         fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
-        let list = Command::new(bin.join("busybox"))
+        // The machine's copy, not the one just written: a fork by another test's thread may
+        // still hold the new file open for writing, and executing it would fail (ETXTBSY).
+        let list = Command::new(busybox.trim())
             .arg("--list")
             .output()
             .unwrap()
