@@ -317,10 +317,7 @@ pub fn serve(
                 let Ok((req, body)) = queue.lock().unwrap().recv() else {
                     return;
                 };
-                let mut answer = match req.command.as_str() {
-                    "get" => store.get(&req.action_id),
-                    _ => store.put(&req.action_id, &req.output_id, &body),
-                };
+                let mut answer = store.put(&req.action_id, &req.output_id, &body);
                 answer.id = req.id;
                 send(&answer);
             });
@@ -337,9 +334,14 @@ pub fn serve(
             let req: Request =
                 serde_json::from_slice(&line).map_err(|e| StreamError::Malformed(e.to_string()))?;
             let body = match req.command.as_str() {
+                // Answered here: a get is quick, and Go often waits on one before the next, so
+                // a hand-off to a worker would only add a wake-up to every round trip.
                 "get" => {
                     check_id("ActionID", &req.action_id)?;
-                    Vec::new()
+                    let mut answer = store.get(&req.action_id);
+                    answer.id = req.id;
+                    send(&answer);
+                    continue;
                 }
                 "put" => {
                     check_id("ActionID", &req.action_id)?;
