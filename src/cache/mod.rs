@@ -113,6 +113,9 @@ pub struct PartitionStats {
     pub gocacheprog: gocacheprog::Counts,
 }
 
+/// How often a daemon collects its volume on its own (see [`Volume::collect_if_due`]).
+pub const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What [`Volume::gc`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Collected {
@@ -163,6 +166,22 @@ impl Volume {
             remove_empty_dirs(&dir);
         }
         Ok(done)
+    }
+
+    /// Whether a collection is due: none in the last `every` (by the time of the volume's
+    /// `.collected` stamp, which this then renews). A daemon asks on each build's request and
+    /// collects to [`default_max_size`] in the background, so a volume no tool trims (Zig's)
+    /// never fills the disk.
+    pub fn collect_if_due(&self, every: std::time::Duration) -> bool {
+        let stamp = self.root.join(".collected");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < every));
+        if fresh {
+            return false;
+        }
+        // Written before the collection: two requests at once start at most one more.
+        fs::write(&stamp, b"").is_ok()
     }
 
     /// Removes the least recently used files of the whole volume until it holds at most
@@ -386,6 +405,19 @@ mod tests {
         );
         assert!(zig.join("sub/f1").exists());
         assert!(volume.clear(Some("../x")).is_err());
+    }
+
+    #[test]
+    fn a_collection_is_due_once_per_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume::at(tmp.path().to_path_buf());
+        volume.partition("go").unwrap();
+        assert!(volume.collect_if_due(COLLECT_EVERY), "never collected: due");
+        assert!(
+            !volume.collect_if_due(COLLECT_EVERY),
+            "just collected: not due"
+        );
+        assert!(volume.collect_if_due(std::time::Duration::ZERO));
     }
 
     #[test]

@@ -90,10 +90,13 @@ impl Handler for LiveHandler {
                     "this daemon has no cache volume (neither XDG_CACHE_HOME nor HOME is set)",
                 ),
                 Some(volume) => match volume.partition(&partition) {
-                    Ok(dir) => ok(Response {
-                        path: Some(dir.display().to_string()),
-                        ..Default::default()
-                    }),
+                    Ok(dir) => {
+                        collect_in_background(volume);
+                        ok(Response {
+                            path: Some(dir.display().to_string()),
+                            ..Default::default()
+                        })
+                    }
                     Err(e) => Response::error(e.to_string()),
                 },
             },
@@ -242,4 +245,28 @@ impl Handler for Starting {
             Err(_) => mpsc::channel().1,
         }
     }
+}
+
+/// Cuts the volume down to its default size, on a thread of its own, if a collection is due.
+fn collect_in_background(volume: &Volume) {
+    if !volume.collect_if_due(crate::cache::COLLECT_EVERY) {
+        return;
+    }
+    let volume = volume.clone();
+    let _ = std::thread::Builder::new()
+        .name("srcstore-gc".into())
+        .spawn(move || {
+            let collected =
+                crate::cache::default_max_size(volume.root()).and_then(|max| volume.gc(max));
+            match collected {
+                Ok(c) if c.removed > 0 => tracing::info!(
+                    "{}: removed {} least recently used cache entries ({} bytes)",
+                    volume.root().display(),
+                    c.removed,
+                    c.freed_bytes
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: cannot collect: {e}", volume.root().display()),
+            }
+        });
 }
