@@ -32,6 +32,11 @@ impl World {
     /// `shared`: the root mount is shared, as systemd makes it; else private, as in some
     /// containers and VMs, where nix-daemon never sees a mount made after it started.
     fn new(shared: bool) -> World {
+        World::with_conf(shared, "")
+    }
+
+    /// As [`World::new`], with `extra` appended to the world's nix.conf.
+    fn with_conf(shared: bool, extra: &str) -> World {
         let sb = Sandbox::new();
         fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let conf = tempfile::Builder::new()
@@ -39,7 +44,8 @@ impl World {
             .tempdir_in("/run")
             .unwrap();
         fs::set_permissions(conf.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::copy("/etc/nix/nix.conf", conf.path().join("nix.conf")).unwrap();
+        let base = fs::read_to_string("/etc/nix/nix.conf").unwrap();
+        fs::write(conf.path().join("nix.conf"), format!("{base}\n{extra}\n")).unwrap();
         let ready = sb.path("ns-ready");
         fs::create_dir_all("/nix/var/nix/daemon-socket").unwrap();
         let script = format!(
@@ -474,4 +480,33 @@ fn zig_builds_through_nix_daemon_for_a_user_reuse_the_cache_as_another_build_use
     );
     write(&msg, say("hello"));
     assert_eq!(build("3", "nixbld3"), "hello\n", "the revert shows");
+}
+
+#[test]
+fn with_build_users_off_a_users_build_writes_the_cache_as_the_owner() {
+    // `build-users-group =`: nix-daemon runs builds as root (uid 1000 of the sandbox's
+    // namespace); the volume shows the owner's files as root's, and root's writes land as the
+    // owner's.
+    let mut w = World::with_conf(true, "build-users-group =");
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let nix = NixBuild::with_attrs(
+        &w.sb,
+        "as-root",
+        "echo one >> /srcstore/cache/log && mkdir -p /srcstore/cache/d && echo x > /srcstore/cache/d/f \
+         && cat /srcstore/cache/log > $out",
+        r#"{ srcstoreCache = "t"; }"#,
+    );
+    let (out, log) = w.build(DEV, &nix, &w.path(DEV, &p));
+    let out = out.unwrap_or_else(|| panic!("build failed: {log}"));
+    assert_eq!(fs::read_to_string(out).unwrap(), "one\n");
+    let dir = volume(DEV, &p).join("t");
+    for f in ["log", "d", "d/f"] {
+        let meta = fs::symlink_metadata(dir.join(f)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            uid_of(DEV),
+            "{f}: the owner's on disk"
+        );
+    }
 }
