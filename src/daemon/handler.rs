@@ -61,10 +61,16 @@ impl Handler for LiveHandler {
                     Err(e) => Response::error(e.to_string()),
                 }
             }
-            Request::Status => ok(Response {
-                status: Some(status(live, mountpoint, self.warmer.listed())),
-                ..Default::default()
-            }),
+            Request::Status => {
+                let mut status = status(live, mountpoint, self.warmer.listed());
+                if let Some(v) = &self.volume {
+                    status["volume"] = v.root().display().to_string().into();
+                }
+                ok(Response {
+                    status: Some(status),
+                    ..Default::default()
+                })
+            }
             Request::Pin {
                 basename,
                 lease_secs,
