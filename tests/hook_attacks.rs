@@ -569,11 +569,18 @@ fn a_daemon_naming_a_cache_volume_root_cannot_vouch_for_gets_no_volume_and_the_b
     fs::create_dir(&theirs).unwrap();
     write(&theirs.join("file"), &secret.marker);
     support::own(&theirs, "srcstore-other", 0o700);
-    for (name, named) in [("link", &link), ("open", &open), ("theirs", &theirs)] {
+    // And a path with a newline: the note stays one line, and nothing is forged after it.
+    let forged = PathBuf::from("/nonexistent\nFORGED: srcstore used the cache");
+    for (name, named) in [
+        ("link", &link),
+        ("open", &open),
+        ("theirs", &theirs),
+        ("newline", &forged),
+    ] {
         let mountpoint = sb.path(&format!("mnt-{name}"));
         fs::create_dir_all(&mountpoint).unwrap();
         // One answer to every request: the pin, and the volume's path.
-        let reply = format!("{{\"ok\":true,\"pin\":7,\"path\":\"{}\"}}", named.display());
+        let reply = serde_json::json!({ "ok": true, "pin": 7, "path": named }).to_string();
         let pins = PinServer::answering(&sb.path(&format!("{name}.sock")), reply.leak());
         let view = HostileView::mount(&mountpoint, &pins.path, Serve::Dir);
         let src = view.snapshot();
@@ -592,6 +599,10 @@ fn a_daemon_naming_a_cache_volume_root_cannot_vouch_for_gets_no_volume_and_the_b
         assert!(
             said.contains("built without the cache volume"),
             "{name}: {said}"
+        );
+        assert!(
+            !said.lines().any(|l| l.starts_with("FORGED")),
+            "{name}: a line was forged: {said}"
         );
         assert!(
             pins.requests().iter().any(|r| r.contains("\"volume\"")),

@@ -63,22 +63,24 @@ impl HookError {
 
 impl fmt::Display for HookError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The path, and paths in the reason (a socket, a mountpoint), come from users: a
-        // newline or a terminal escape in them is shown escaped, so the message stays one
-        // line and nothing can forge another.
         let line = format!("{}: {}", self.path.to_string_lossy(), self.why);
-        for c in line.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
+        f.write_str(&one_line(&line))
     }
 }
 
 impl std::error::Error for HookError {}
+
+/// `text` with every control character escaped. Paths in a message (the snapshot's, a socket, a
+/// mountpoint, a volume) come from users: a newline or a terminal escape in them is shown
+/// escaped, so the message stays one line and nothing can forge another.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
 
 /// The hook for the build of `drv` in `chroot`: the `extra-sandbox-paths` block to print, empty
 /// when the derivation names no snapshot (or cannot be read: then it is not ours to judge).
@@ -242,7 +244,7 @@ fn denied_line(
     why: &str,
     staging: Option<&mut stage::Staging>,
 ) -> Result<String, HookError> {
-    let note = format!("srcstore: built without the cache volume: {why}");
+    let note = one_line(&format!("srcstore: built without the cache volume: {why}"));
     eprintln!("{}", HookError::new(drv, &note));
     let Some(staging) = staging else {
         return Ok(String::new());
