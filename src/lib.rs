@@ -13,7 +13,7 @@
 //! println!("{}", snap.basename());
 //! # Ok::<(), srcstore::Error>(())
 //! ```
-// `unsafe` lives in one module, `hook::idmap` (two system calls rustix does not wrap).
+// `unsafe` lives in one module, `sys` (system calls no safe wrapper offers).
 #![deny(unsafe_code)]
 
 pub mod cache;
@@ -28,6 +28,7 @@ pub mod nix;
 pub mod nixhash;
 mod scan;
 mod snapshot;
+pub mod sys;
 pub mod tree;
 mod worktree;
 

@@ -195,6 +195,10 @@ impl Server {
             }
             forward(live_rx, stop_tx.clone(), Stop::Live);
             save_index(index_path.as_deref(), &dir, filter, &live);
+            // The scan's threads freed most of what they took (listings, the previous index
+            // decoded beside the new tree); glibc would keep it in their arenas for the
+            // daemon's life.
+            srcstore::sys::release_free_memory();
 
             let warmer = match args.no_warm {
                 true => daemon::Warmer::off(),

@@ -10,13 +10,11 @@
 //! The mapping comes from a user namespace: the hook starts a copy of itself that unshares one
 //! and waits ([`hold_user_namespace`]), writes its maps as root, and keeps a descriptor of it.
 //!
-//! This is the only module with `unsafe` code: two system calls rustix does not wrap
-//! (`mount_setattr`, and `unshare` for a process that has one thread).
-#![allow(unsafe_code)]
+//! The two system calls this needs, which rustix does not wrap safely, are in `crate::sys`.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 /// The arguments that make `srcstore` run [`hold_user_namespace`].
@@ -74,25 +72,14 @@ pub fn user_namespace(map: Mapping) -> io::Result<OwnedFd> {
 /// What `srcstore nix hold-user-namespace` does: unshares a user namespace, says `ready`, and
 /// holds it until its standard input closes.
 pub fn hold_user_namespace() -> io::Result<()> {
-    // SAFETY: called first thing in a process of one thread (the binary's main, before any
-    // thread is started), the one case `unshare(CLONE_NEWUSER)` requires and is sound in; only
-    // the user namespace is unshared, never the descriptor table.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }?;
+    // First thing, while the process has one thread, as unshare(CLONE_NEWUSER) requires.
+    crate::sys::unshare_user_namespace()?;
     let mut stdout = io::stdout().lock();
     stdout.write_all(b"ready\n")?;
     stdout.flush()?;
     let mut sink = Vec::new();
     io::stdin().read_to_end(&mut sink)?;
     Ok(())
-}
-
-/// `struct mount_attr` of `<linux/mount.h>` (`MOUNT_ATTR_SIZE_VER0`).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
@@ -108,33 +95,12 @@ pub fn set_attrs(
     userns: Option<BorrowedFd<'_>>,
     read_only: bool,
 ) -> io::Result<()> {
-    let mut attr = MountAttr {
-        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    if let Some(ns) = userns {
-        attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = ns.as_raw_fd() as u64;
+    let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if userns.is_some() {
+        set |= MOUNT_ATTR_IDMAP;
     }
     if read_only {
-        attr.attr_set |= MOUNT_ATTR_RDONLY;
+        set |= MOUNT_ATTR_RDONLY;
     }
-    // SAFETY: the path is a valid NUL-terminated empty string, `attr` a live `mount_attr` of
-    // the size passed, both borrowed for the call only; the descriptors are borrowed and open.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_fd().as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    match r {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    crate::sys::mount_setattr(tree, set, userns)
 }
