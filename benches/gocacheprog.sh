@@ -5,11 +5,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 N=${1:-15}
+log() { echo "gocacheprog.sh: $*" >&2; }
+. "$here/daemon.sh"
 (cd "$repo" && cargo build --release --locked --quiet)
 B=$repo/target/release/srcstore
 export GOROOT; GOROOT=$(python3 -c 'import go, os; print(os.path.dirname(go.__file__))')
 export GOFLAGS=-trimpath GOTOOLCHAIN=local CGO_ENABLED=0
-T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-gocacheprog.XXXXXX"); trap 'rm -rf "$T"' EXIT
+scratch gocacheprog
 mkdir "$T/app"; cp "$repo/tests/fixtures/goapp/main.go" "$T/app/"
 printf 'module example.com/app\n\ngo 1.24\n' > "$T/app/go.mod"
 cd "$T/app"
@@ -17,14 +19,10 @@ msg() { printf 'package main\n\nconst Msg = "%s"\n' "$1" > msg.go; }
 own() { GOCACHE=$T/gocache "$GOROOT/bin/go" build -o "$T/a" .; }
 prog() { GOCACHEPROG="$B gocacheprog --dir $T/prog" "$GOROOT/bin/go" build -o "$T/b" .; }
 msg warm; own; prog
-ms() { echo $(( (${2/./} - ${1/./}) / 1000 )); }
-a=() p=()
 for i in $(seq "$N"); do
-  msg "a$i"; t0=$EPOCHREALTIME; own; t1=$EPOCHREALTIME
-  msg "b$i"; prog; t2=$EPOCHREALTIME
-  a+=("$(ms "$t0" "$t1")"); p+=("$(ms "$t1" "$t2")")
+  msg "a$i"; tm own own
+  msg "b$i"; tm prog prog
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-ma=$(med "${a[@]}"); mp=$(med "${p[@]}")
-echo "GOCACHE $ma ms, srcstore gocacheprog $mp ms (medians of $N), ratio $(awk -v a="$mp" -v b="$ma" 'BEGIN{printf "%.2f", a/b}')"
-echo "$(cat "$T/prog/counts")"
+a=$(echo "${S[own]}" | med); p=$(echo "${S[prog]}" | med)
+echo "GOCACHE $(msof "$a") ms, srcstore gocacheprog $(msof "$p") ms (medians of $N), ratio $(ratio "$p" "$a")"
+cat "$T/prog/counts"; echo

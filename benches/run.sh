@@ -40,13 +40,12 @@ have_nix=1
 command -v nix >/dev/null || { have_nix=0; log "nix not found (scripts/setup-machine installs it): skipping the nix comparison"; }
 
 source "$here/binary.sh"
+source "$here/daemon.sh"
 
-T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/srcstore-bench.XXXXXX")
-cleanup() { if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi; }
-trap cleanup EXIT
-# Isolate from the user's configuration: srcstore's index goes to a fresh cache dir, git reads no
-# global or system config.
-export XDG_CACHE_HOME=$T/cache GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
+# Isolate from the user's configuration: srcstore's index goes to a fresh cache dir (scratch),
+# git reads no global or system config.
+scratch bench
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 git_commit() { (cd "$1" && git init -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q -m tree); }
 
 # --- trees -----------------------------------------------------------------------------------
@@ -62,15 +61,7 @@ for t in "${trees[@]}"; do
 done
 
 # --- measuring ---------------------------------------------------------------------------------
-# tm NAME CMD...: runs CMD once (stdout discarded) and appends its wall time in µs to S[NAME].
-declare -A S
-tm() {
-  local k=$1; shift
-  local t0=$EPOCHREALTIME
-  "$@" >/dev/null 2>"$T/err" || { log "failed: $*"; cat "$T/err" >&2; exit 1; }
-  local t1=$EPOCHREALTIME
-  S[$k]+="$(( ${t1/./} - ${t0/./} )) "
-}
+# tm, med, msof, drop: daemon.sh.
 ss_cold() { "$B" hash --no-ignore --no-index "$1"; }
 cat_all() { find "$1" -type f -print0 | xargs -0 cat; }
 ss_nix()  { "$B" hash --nix --no-ignore --no-index "$1"; }
@@ -78,9 +69,6 @@ nix_hash() { nix --extra-experimental-features nix-command hash path "$1"; }
 ss_warm() { "$B" hash "$1"; }
 git_st()  { git -C "$1" status; }
 git_uno() { git -C "$1" status -uno; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-msof() { awk -v u="$1" 'BEGIN{printf "%.1f", u/1000}'; }
 
 # Sanity checks, and the warm-ups: the index is written twice (a file changed within the racy
 # window of the first run is hashed again by the second), git refreshes its index the same way.
