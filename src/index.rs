@@ -7,7 +7,6 @@
 //! why, and it is rebuilt.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,49 +161,7 @@ pub fn save(path: &Path, project: &Path, filter: Filter, tree: &Node) -> Result<
 
     let dir = path.parent().expect("index path has a parent");
     fs::create_dir_all(dir).map_err(io)?;
-    write_atomically(path, &bytes).map_err(io)
-}
-
-/// Replaces `path` with `bytes` (written to a temporary file beside it, synced and renamed), so
-/// that a reader, or the next boot, sees the old file or the new one, never a part of either.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, true)
-}
-
-/// Replaces `path` with `bytes` whole or not at all, as [`write_atomically`] does, without
-/// waiting for the disk: for a cache whose every entry is proven when read.
-pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, false)
-}
-
-fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
-    let dir = path.parent().expect("a file's path has a parent");
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    if durable {
-        tmp.1.sync_data()?;
-    }
-    fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp.0);
-    })?;
-    match durable {
-        true => fs::File::open(dir)?.sync_all(),
-        false => Ok(()),
-    }
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-    let path = dir.join(format!(".tmp-{}-{:x}", std::process::id(), rand_suffix()));
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    crate::atomic::write_durably(path, &bytes).map_err(io)
 }
 
 /// `bytes` with `value`'s postcard encoding appended.

@@ -16,6 +16,8 @@
 // `unsafe` lives in one module, `sys` (system calls no safe wrapper offers).
 #![deny(unsafe_code)]
 
+mod atomic;
+pub mod beneath;
 pub mod cache;
 pub mod daemon;
 mod error;

@@ -151,7 +151,7 @@ impl Store {
     /// Writes `bytes` to `path` whole or not at all (no fsync: a torn entry fails its proof).
     fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         fs::create_dir_all(path.parent().expect("a place has a parent"))?;
-        crate::index::write_whole(path, bytes)
+        crate::atomic::write_whole(path, bytes)
     }
 
     fn get(&self, action: &[u8]) -> Response {
@@ -446,7 +446,7 @@ pub fn add_counts(dir: &Path, counts: Counts) -> io::Result<Counts> {
         .write(true)
         .open(dir.join("counts.lock"))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
-    let path = dir.join("counts");
+    let path = dir.join(COUNTS);
     let mut total = read_counts(dir);
     total.hits += counts.hits;
     total.misses += counts.misses;
@@ -456,11 +456,17 @@ pub fn add_counts(dir: &Path, counts: Counts) -> io::Result<Counts> {
     Ok(total)
 }
 
+/// The file in a store's directory that keeps the totals of its runs.
+pub const COUNTS: &str = "counts";
+
 /// The totals in `dir/counts`, zero if none.
-pub fn read_counts(dir: &Path) -> Counts {
-    let mut text = String::new();
-    let _ = fs::File::open(dir.join("counts")).and_then(|mut f| f.read_to_string(&mut text));
-    serde_json::from_str(&text).unwrap_or_default()
+fn read_counts(dir: &Path) -> Counts {
+    parse_counts(&fs::read(dir.join(COUNTS)).unwrap_or_default())
+}
+
+/// The totals a `counts` file holds; zero for anything else.
+pub fn parse_counts(bytes: &[u8]) -> Counts {
+    serde_json::from_slice(bytes).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -45,9 +45,14 @@ pub struct ClearArgs {
 pub struct GcArgs {
     #[command(flatten)]
     project: Project,
-    /// The most the volume may hold, e.g. `20G` (default: a tenth of its filesystem).
+    /// The most the volume may hold, e.g. `20G`, counting each entry's inode as well as its
+    /// blocks (default: a tenth of its filesystem).
     #[arg(long, value_parser = cache::parse_size)]
     max_size: Option<u64>,
+    /// The most entries (files, directories, links, …) it may hold (default: a tenth of its
+    /// filesystem's inodes).
+    #[arg(long)]
+    max_entries: Option<u64>,
 }
 
 pub fn run(cmd: Cache) -> anyhow::Result<ExitCode> {
@@ -64,8 +69,22 @@ pub fn run(cmd: Cache) -> anyhow::Result<ExitCode> {
                 println!("volume: {}", volume.root().display());
                 for p in stats {
                     let c = p.gocacheprog;
+                    let mut odd = Vec::new();
+                    for (n, what) in [
+                        (p.symlinks, "symlinks"),
+                        (p.special, "FIFOs, sockets or devices"),
+                        (p.unentered, "directories not looked into"),
+                    ] {
+                        if n > 0 {
+                            odd.push(format!("{n} {what}"));
+                        }
+                    }
+                    let odd = match odd.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", odd.join(", ")),
+                    };
                     println!(
-                        "{}: {} entries, {}; gocacheprog: {} hits, {} misses, {} puts, {} rejected",
+                        "{}: {} entries{odd}, {}; gocacheprog: {} hits, {} misses, {} puts, {} rejected",
                         p.name,
                         p.entries,
                         human(p.bytes),
@@ -74,6 +93,9 @@ pub fn run(cmd: Cache) -> anyhow::Result<ExitCode> {
                         c.puts,
                         c.rejected
                     );
+                    for planted in &p.planted {
+                        println!("{}: {planted}", p.name);
+                    }
                 }
             }
         }
@@ -90,20 +112,22 @@ pub fn run(cmd: Cache) -> anyhow::Result<ExitCode> {
         }
         Cache::Gc(a) => {
             let volume = volume(&a.project)?;
-            let max = match a.max_size {
-                Some(m) => m,
-                None => cache::default_max_size(volume.root())
-                    .with_context(|| volume.root().display().to_string())?,
+            let default = cache::default_limit(volume.root())
+                .with_context(|| volume.root().display().to_string())?;
+            let limit = cache::Limit {
+                bytes: a.max_size.unwrap_or(default.bytes),
+                entries: a.max_entries.unwrap_or(default.entries),
             };
             let done = volume
-                .gc(max)
+                .gc(limit)
                 .with_context(|| volume.root().display().to_string())?;
             println!(
-                "removed {} entries, {}; {} kept (at most {})",
+                "removed {} entries, {}; {} entries, {} kept (at most {})",
                 done.removed,
                 human(done.freed_bytes),
+                done.kept_entries,
                 human(done.kept_bytes),
-                human(max)
+                human(limit.bytes)
             );
         }
     }

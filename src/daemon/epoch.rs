@@ -69,7 +69,7 @@ fn next_in(home: &Path) -> Result<u64, StartError> {
             why: format!("all {MAX_EPOCH} epochs are used up"),
         });
     }
-    crate::index::write_atomically(&path, format!("{epoch}\n").as_bytes()).map_err(io(&path))?;
+    crate::atomic::write_durably(&path, format!("{epoch}\n").as_bytes()).map_err(io(&path))?;
     Ok(epoch)
 }
 

@@ -263,7 +263,7 @@ fn collect_in_background(volume: &Volume) {
         .name("srcstore-gc".into())
         .spawn(move || {
             let collected =
-                crate::cache::default_max_size(volume.root()).and_then(|max| volume.gc(max));
+                crate::cache::default_limit(volume.root()).and_then(|limit| volume.gc(limit));
             match collected {
                 Ok(c) if c.removed > 0 => tracing::info!(
                     "{}: removed {} least recently used cache entries ({} bytes)",
