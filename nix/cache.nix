@@ -67,9 +67,11 @@ in
     export ZIG_LOCAL_CACHE_DIR="$SRCSTORE_CACHE/zig-local"
   '';
 
-  # ccache for C and C++: put `ccache` before the compiler (CC="ccache gcc").
+  # ccache for C and C++: put `ccache` before the compiler (CC="ccache gcc"). Every file in
+  # /nix/store has mtime 1, so ccache's default check of a compiler (its size and mtime) would
+  # take two compilers of one size for one: the compiler's content goes into every key.
   ccache = with' "ccache" ''
-    export CCACHE_DIR="$SRCSTORE_CACHE/ccache"
+    export CCACHE_DIR="$SRCSTORE_CACHE/ccache" CCACHE_COMPILERCHECK="''${CCACHE_COMPILERCHECK:-content}"
     export CCACHE_BASEDIR="''${CCACHE_BASEDIR:-''${NIX_BUILD_TOP:-/build}}" CCACHE_NOHASHDIR=1
   '';
 

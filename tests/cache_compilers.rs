@@ -320,6 +320,46 @@ fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_rever
 }
 
 #[test]
+fn ccache_never_takes_one_compiler_for_another_of_the_same_size_in_the_store() {
+    // Every file in /nix/store has mtime 1: two compilers of one size would look alike to
+    // ccache's default `compiler_check = mtime`, and the second would get the first's objects.
+    let sb = Sandbox::new();
+    let p = sb.path("capp");
+    write(
+        &p.join("v.c"),
+        "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", V); return 0; }\n",
+    );
+    // One name, one size, one mtime in the store; other content.
+    let compilers: Vec<String> = [1, 2]
+        .iter()
+        .map(|v| {
+            let dir = sb.path(&format!("compiler{v}"));
+            let cc = dir.join("bin/cc");
+            write(&cc, format!("#!/bin/sh\nexec gcc -DV={v} \"$@\"\n"));
+            fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            support::nix_store_keep(&dir)
+        })
+        .collect();
+    let d = Daemon::start(&sb, &p, &[]);
+    let mut build = Build::new(
+        &sb,
+        "ccache",
+        &[&compilers[0], &compilers[1]],
+        &format!(
+            "export PATH=$PATH:/usr/bin; mkdir $out; cd $NIX_BUILD_TOP; \
+             for cc in {} {}; do ccache $cc/bin/cc -c /srcstore/src/v.c -o v.o && gcc v.o -o v || exit 1; \
+             ./v >> $out/said; done",
+            compilers[0], compilers[1]
+        ),
+    );
+    build.binds.push(HOST.into());
+    let out = build.build(&d.path(&sb), "1", "nixbld1");
+    assert_eq!(read(&out, "said"), "1\n2\n", "each compiler's own object");
+    let again = build.build(&d.path(&sb), "2", "nixbld2");
+    assert_eq!(read(&again, "said"), "1\n2\n", "and from the cache too");
+}
+
+#[test]
 fn zig_sees_a_same_size_edit_made_while_the_daemon_was_stopped() {
     let sb = Sandbox::new();
     let (p, build) = zig_project(&sb);

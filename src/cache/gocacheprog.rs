@@ -206,12 +206,15 @@ impl Store {
             };
         }
         let object = self.place("o", output);
-        let stored = match fs::metadata(&object) {
-            Ok(m) if m.len() == body.len() as u64 => Ok(()),
+        let sum = blake3::hash(body);
+        // An object already there is handed on only once it is proven to be these bytes; one
+        // corrupted in place is written again.
+        let stored = match digest_of(&object) {
+            Ok((len, digest)) if len == body.len() as u64 && digest == sum => Ok(()),
             _ => Self::write_atomically(&object, body),
         };
         let hex: String = output.iter().map(|b| format!("{b:02x}")).collect();
-        let entry = format!("{hex} {} {}\n", body.len(), blake3::hash(body).to_hex());
+        let entry = format!("{hex} {} {}\n", body.len(), sum.to_hex());
         match stored
             .and_then(|()| Self::write_atomically(&self.place("a", action), entry.as_bytes()))
         {
@@ -537,6 +540,38 @@ mod tests {
             "the corrupted object is dropped"
         );
         assert_eq!(store.counts().rejected, 1);
+    }
+
+    #[test]
+    fn a_put_never_hands_go_an_object_corrupted_in_place_even_of_the_same_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        let body = b"export data of a package";
+        let (action, output) = ([9u8; 32], Sha256::digest(body));
+        let put = |id: i64| {
+            format!(
+                "{{\"ID\":{id},\"Command\":\"put\",\"ActionID\":\"{a}\",\"OutputID\":\"{o}\",\"BodySize\":{n}}}\n\n\"{b}\"\n",
+                a = b64(&action),
+                o = b64(&output),
+                n = body.len(),
+                b = b64(body)
+            )
+        };
+        let (r, answers) = run(&mut store, &put(1));
+        r.unwrap();
+        let path = answers[1]["DiskPath"].as_str().unwrap().to_owned();
+        let mut corrupt = body.to_vec();
+        corrupt[0] ^= 1;
+        fs::write(&path, &corrupt).unwrap();
+
+        let (r, answers) = run(&mut store, &put(2));
+        r.unwrap();
+        assert_eq!(answers[1]["DiskPath"], path);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            body,
+            "the path handed on holds the put's bytes"
+        );
     }
 
     #[test]
