@@ -19,6 +19,19 @@ use support::{own, uid_of, wait_for, write, NixBuild, Sandbox};
 const DEV: &str = "srcstore-dev";
 const OTHER: &str = "srcstore-other";
 
+/// Nix's daemon as Debian starts it.
+const NIX_DAEMON: &[&str] = &["nix-daemon"];
+/// The same daemon under the name of the `nix` command: its workers are called `nix`.
+const NIX_DAEMON_COMMAND: &[&str] = &["nix", "daemon"];
+/// A worker per connection that holds it on descriptors 0 and 1, as Lix's re-executed workers
+/// (fd 0) and socket-activated ones (fd 3) hold theirs: `nix-daemon --stdio` started on each
+/// connection accepted on the daemon's socket.
+const STDIO_WORKERS: &[&str] = &[
+    "socat",
+    "UNIX-LISTEN:/nix/var/nix/daemon-socket/socket,fork,mode=0666",
+    "EXEC:nix-daemon --stdio,nofork",
+];
+
 struct World {
     sb: Sandbox,
     /// A process holding the namespace (`sleep`), whose pid names it to `nsenter`.
@@ -37,6 +50,11 @@ impl World {
 
     /// As [`World::new`], with `extra` appended to the world's nix.conf.
     fn with_conf(shared: bool, extra: &str) -> World {
+        World::with_daemon(shared, extra, NIX_DAEMON)
+    }
+
+    /// As [`World::with_conf`], with the daemon started as `daemon` (argv, run as root).
+    fn with_daemon(shared: bool, extra: &str, daemon: &[&str]) -> World {
         let sb = Sandbox::new();
         fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let conf = tempfile::Builder::new()
@@ -82,7 +100,7 @@ impl World {
         world.nix_daemon = Some(
             world
                 .in_ns(None)
-                .arg("nix-daemon")
+                .args(daemon)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
@@ -371,6 +389,44 @@ fn only_the_owners_builds_get_the_cache_and_another_users_build_that_asks_gets_n
     assert_eq!(fs::read_to_string(&log_file).unwrap(), "dev\n");
     let looked = w.user(OTHER, &["cat", log_file.to_str().unwrap()]);
     assert!(!looked.status.success(), "another user read the volume");
+}
+
+/// The build script that records who wrote the volume (`who`), or says why it got none.
+fn volume_probe(who: &str) -> String {
+    format!(
+        "if test -e /srcstore/cache; then echo {who} >> /srcstore/cache/log; \
+         cat /srcstore/cache/log > $out; else cat /srcstore/no-cache > $out; fi"
+    )
+}
+
+#[test]
+fn under_every_kind_of_nix_daemon_the_owners_build_gets_the_volume_and_another_users_none() {
+    let attrs = r#"{ srcstoreCache = "t"; }"#;
+    for daemon in [NIX_DAEMON, NIX_DAEMON_COMMAND, STDIO_WORKERS] {
+        let mut w = World::with_daemon(true, "", daemon);
+        let p = w.project(DEV, "proj");
+        w.mount(DEV, &p);
+        let src = w.path(DEV, &p);
+        let mine = NixBuild::with_attrs(&w.sb, "mine", &volume_probe("dev"), attrs);
+        let (out, log) = w.build(DEV, &mine, &src);
+        let out = out.unwrap_or_else(|| panic!("{daemon:?}: build failed: {log}"));
+        assert_eq!(fs::read_to_string(out).unwrap(), "dev\n", "{daemon:?}");
+
+        let theirs = NixBuild::with_attrs(&w.sb, "theirs", &volume_probe("other"), attrs);
+        let (out, log) = w.build(OTHER, &theirs, &src);
+        let said = fs::read_to_string(out.unwrap_or_else(|| panic!("{daemon:?}: {log}"))).unwrap();
+        assert!(
+            said.starts_with("srcstore: built without the cache volume")
+                && said.contains(&format!("uid {}", uid_of(OTHER))),
+            "{daemon:?}: {said}"
+        );
+        let log_file = volume(DEV, &p).join("t/log");
+        assert_eq!(
+            fs::read_to_string(&log_file).unwrap(),
+            "dev\n",
+            "{daemon:?}"
+        );
+    }
 }
 
 #[test]

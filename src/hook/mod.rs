@@ -178,9 +178,13 @@ fn cache_volume(
     let parent = rustix::process::getppid()
         .ok_or_else(|| volume::Denied("the hook has no parent to ask".into()))?;
     let asker = volume::requester(parent)?;
-    if asker != 0 && asker != owner {
+    if asker != owner {
+        let why = match asker {
+            0 => "root's builds (root's own, a remote builder's `nix-store --serve`, a relay) prove nothing about whom they are for, and use only root's volumes".to_owned(),
+            _ => "only its owner's builds use it".to_owned(),
+        };
         return Err(volume::Denied(format!(
-            "asked for by uid {asker}, but the project's cache is uid {owner}'s: only its owner's builds use it"
+            "asked for by uid {asker}, but the project's cache is uid {owner}'s: {why}"
         )));
     }
     let denied = |e: std::io::Error| volume::Denied(format!("{}: {e}", view.socket.display()));
@@ -420,12 +424,10 @@ fn serving_daemon(path: &Path) -> Option<u64> {
     })
 }
 
-/// Whether the hook runs under nix-daemon, whose clients never see the hook's standard error.
+/// Whether the hook runs for a client of the Nix daemon, who never sees the hook's standard
+/// error.
 pub fn under_nix_daemon() -> bool {
-    rustix::process::getppid().is_some_and(|p| {
-        fs::read_to_string(format!("/proc/{}/comm", p.as_raw_nonzero()))
-            .is_ok_and(|c| c.trim_end() == "nix-daemon")
-    })
+    rustix::process::getppid().is_none_or(volume::serves_daemon_client)
 }
 
 /// Whether this process's mount namespace is not the machine's first one.

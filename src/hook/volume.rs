@@ -3,11 +3,20 @@
 //! `.drv` files are world-readable and snapshot paths are not secret: any local user can write a
 //! derivation that names someone else's snapshot and asks for its cache, and a cache keyed by
 //! input hashes is then poisoned for its owner. So the volume is mounted only for a build its
-//! owner (or root) asked for. Who asked: under nix-daemon, the hook's parent is the worker that
-//! serves one client connection, and the peer of that connection ([`requester`]) is the client,
-//! run by the requesting user; otherwise the parent is the user's own Nix process. When two
-//! clients wait on one derivation, the worker that takes the build's lock first builds it, and
-//! the hook judges that worker's client: the other client gets the output, never the volume.
+//! owner asked for, and who asked is decided from credentials the kernel keeps, never from a
+//! process's name ([`requester`]):
+//!
+//! - A parent holding a connection accepted on the Nix daemon's socket is a daemon worker, run
+//!   under any name (`nix-daemon`, `nix daemon`, a worker re-executed with the connection on
+//!   descriptor 0 or 3): the peer of that connection, fixed when the client connected, asked.
+//! - A parent holding none builds for itself, and its own uid asked. For root that proves
+//!   nothing about whom it builds for (`nix-store --serve` for a remote builder, a relay in
+//!   front of the daemon): a build root asked for gets only a volume root owns.
+//!
+//! When two clients wait on one derivation, the worker that takes the build's lock first builds
+//! it, and the hook judges that worker's client: the other client gets the output, never the
+//! volume. Where the hook cannot look (the kernel refuses `pidfd_getfd`, as Yama's
+//! `ptrace_scope = 3` does), it proves nothing, and the build runs without the volume.
 //!
 //! A build that does not get the volume still builds: it gets no `/srcstore/cache`, and one
 //! line saying why ([`Denied`]).
@@ -25,21 +34,48 @@ pub struct Denied(pub String);
 
 /// The uid of the user who asked for the build the hook (a child of `parent`) runs for.
 pub fn requester(parent: Pid) -> Result<u32, Denied> {
-    let proc = format!("/proc/{}", parent.as_raw_nonzero());
-    let comm = fs::read_to_string(format!("{proc}/comm")).unwrap_or_default();
-    if comm.trim_end() != "nix-daemon" {
-        return real_uid(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")));
+    let mut clients = daemon_clients(parent)?;
+    clients.sort_unstable();
+    clients.dedup();
+    match clients[..] {
+        [uid] => Ok(uid),
+        [] => own_uid(parent),
+        _ => Err(Denied(format!(
+            "the Nix daemon's worker (pid {}) holds connections of several users {clients:?}",
+            parent.as_raw_nonzero()
+        ))),
     }
-    // The worker holds its client's connection: an accepted socket, named by the daemon's
-    // listening address. Its peer credentials are the client's, fixed when it connected.
-    let pidfd = rustix::process::pidfd_open(parent, PidfdFlags::empty())
-        .map_err(|e| Denied(format!("cannot look at nix-daemon's worker ({e})")))?;
+}
+
+/// Whether `parent` serves a client of the Nix daemon (so the client never sees the hook's
+/// standard error). Where that cannot be told, it is taken to.
+pub fn serves_daemon_client(parent: Pid) -> bool {
+    daemon_clients(parent).map_or(true, |c| !c.is_empty())
+}
+
+/// The socket the Nix daemon listens on, as Nix finds it: `NIX_DAEMON_SOCKET_PATH`, else
+/// `daemon-socket/socket` in `NIX_STATE_DIR` (`/nix/var/nix`). The hook has the environment of
+/// the Nix process that runs it, root's.
+fn daemon_socket() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIX_DAEMON_SOCKET_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let state = std::env::var_os("NIX_STATE_DIR")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("/nix/var/nix"), PathBuf::from);
+    state.join("daemon-socket/socket")
+}
+
+/// The peer uids of the connections `parent` holds that were accepted on the Nix daemon's
+/// socket, on whichever descriptors.
+fn daemon_clients(parent: Pid) -> Result<Vec<u32>, Denied> {
+    let pid = parent.as_raw_nonzero();
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| Denied(format!("cannot look at its Nix process (pid {pid}): {e}")))?;
+    let listening = daemon_socket();
+    let mut pidfd = None;
     let mut uids = Vec::new();
-    for fd in fs::read_dir(format!("{proc}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for fd in fds.flatten() {
         let is_socket = fs::read_link(fd.path())
             .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"socket:"));
         let Some(n) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -48,39 +84,66 @@ pub fn requester(parent: Pid) -> Result<u32, Denied> {
         if !is_socket {
             continue;
         }
-        let Ok(sock) = rustix::process::pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) else {
-            continue;
+        let pidfd = match &pidfd {
+            Some(p) => p,
+            None => pidfd.insert(
+                rustix::process::pidfd_open(parent, PidfdFlags::empty()).map_err(|e| {
+                    Denied(format!("cannot look at its Nix process (pid {pid}): {e}"))
+                })?,
+            ),
         };
-        if let Some(uid) = accepted_peer(&sock) {
+        let sock = match rustix::process::pidfd_getfd(pidfd, n, PidfdGetfdFlags::empty()) {
+            Ok(sock) => sock,
+            // Closed since it was listed.
+            Err(rustix::io::Errno::BADF) => continue,
+            Err(e) => {
+                return Err(Denied(format!(
+                    "cannot look at the connections of its Nix process (pid {pid}): {e}; the kernel refuses (is Yama's ptrace_scope 3?)"
+                )))
+            }
+        };
+        if let Some(uid) = accepted_peer(&sock, &listening) {
             uids.push(uid);
         }
     }
-    uids.sort_unstable();
-    uids.dedup();
-    match uids[..] {
-        [uid] => Ok(uid),
-        [] => Err(Denied(
-            "cannot find the client of nix-daemon's worker".into(),
-        )),
-        _ => Err(Denied(
-            "nix-daemon's worker holds connections of several users".into(),
-        )),
-    }
+    Ok(uids)
 }
 
-/// The peer uid of `sock` if it is a Unix socket accepted from a named listener.
-fn accepted_peer(sock: &OwnedFd) -> Option<u32> {
+/// The peer uid of `sock` if it is a connection accepted on the Unix socket `listening`.
+fn accepted_peer(sock: &OwnedFd, listening: &Path) -> Option<u32> {
+    if rustix::net::sockopt::socket_acceptconn(sock).ok()? {
+        return None;
+    }
     let local = rustix::net::getsockname(sock).ok()?;
     let local = rustix::net::SocketAddrUnix::try_from(local).ok()?;
-    local.path()?;
+    if local.path()?.to_bytes() != listening.as_os_str().as_encoded_bytes() {
+        return None;
+    }
     let cred = rustix::net::sockopt::socket_peercred(sock).ok()?;
     Some(cred.uid.as_raw())
 }
 
-fn real_uid(proc: &str) -> Option<u32> {
+/// The uid a process that builds for itself runs as: every one of its uids, which must agree,
+/// and be the hook's own (Nix runs its hook as itself).
+fn own_uid(parent: Pid) -> Result<u32, Denied> {
+    let pid = parent.as_raw_nonzero();
+    let uids = uids(&format!("/proc/{pid}"))
+        .ok_or_else(|| Denied(format!("cannot tell who runs its Nix process (pid {pid})")))?;
+    let me = rustix::process::geteuid().as_raw();
+    match uids {
+        [r, e, s, f] if [e, s, f] == [r; 3] && r == me => Ok(r),
+        _ => Err(Denied(format!(
+            "its Nix process (pid {pid}) runs with uids {uids:?}, not the hook's {me}: cannot tell who asked"
+        ))),
+    }
+}
+
+/// Real, effective, saved and filesystem uid of the process at `proc`.
+fn uids(proc: &str) -> Option<[u32; 4]> {
     let status = fs::read_to_string(format!("{proc}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let mut ids = line.split_whitespace().skip(1).map(|n| n.parse().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??, ids.next()??])
 }
 
 /// The user and group the build runs as, on the host. Nix 2.8 does not tell the hook; it holds
@@ -102,7 +165,7 @@ pub fn build_user(parent: Pid, drv: &Path, chroot: Option<&Path>) -> Result<(u32
     locks.sort_unstable();
     locks.dedup();
     if locks.is_empty() {
-        let uid = real_uid(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")))?;
+        let uid = uids(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")))?[0];
         return Ok((uid, primary_gid(uid).unwrap_or(uid)));
     }
     let uid = match locks[..] {
