@@ -201,8 +201,7 @@ impl Tree {
             };
             // Not empty (a writer's, or holding what was kept): left, as it should be.
             if rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).is_ok() {
-                removed.entries += 1;
-                removed.bytes += allocated(&st);
+                removed += one(&st);
             }
         })?;
         Ok(removed)
@@ -227,7 +226,12 @@ impl Tree {
                 break;
             }
             let at = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
-            parent = Some(writable_dir(at, &name, self.dev)?);
+            match writable_dir(at, &name, self.dev) {
+                Ok(fd) => parent = Some(fd),
+                // Not what the walk saw there any more: nothing of it to remove.
+                Err(e) if changed(&e) => return Ok(Removed::default()),
+                Err(e) => return Err(e),
+            }
         }
         let Some(name) = last else {
             return Ok(Removed::default());
@@ -450,22 +454,19 @@ fn reopen_writable_checked(handle: &OwnedFd, dev: u64) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(handle, c".", READ_DIR, Mode::empty())?)
 }
 
-/// Removes `name` from `dir`: a directory with everything below it.
+/// Removes `name` from `dir`: a directory with everything below it. A writer may change the
+/// tree meanwhile: an entry gone is passed over, a directory swapped for a link or a file is
+/// removed as that (the link itself, never what it names).
 fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, st: &Stat, dev: u64) -> io::Result<Removed> {
-    let own = Removed {
-        entries: 1,
-        bytes: allocated(st),
-    };
     if Kind::of(st) != Kind::Dir {
-        return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) => Ok(own),
-            Err(Errno::NOENT) => Ok(Removed::default()),
-            Err(e) => Err(e.into()),
-        };
+        return unlink(dir, name, st);
     }
     let mut removed = Removed::default();
+    let Some(top) = to_empty(dir, name, dev, &mut removed)? else {
+        return Ok(removed);
+    };
     // Directories being emptied: each with its name in the one above.
-    let mut stack: Vec<(OwnedFd, CString)> = vec![(writable_dir(dir, name, dev)?, name.into())];
+    let mut stack: Vec<(OwnedFd, CString)> = vec![(top, name.into())];
     let mut retries = 0;
     let mut moved = 0u64;
     while let Some((fd, _)) = stack.last() {
@@ -475,24 +476,25 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, st: &Stat, dev: u64) -> io::Re
                 continue;
             };
             if Kind::of(&st) != Kind::Dir {
-                match rustix::fs::unlinkat(fd, &child, AtFlags::empty()) {
-                    Ok(()) => {
-                        removed.entries += 1;
-                        removed.bytes += allocated(&st);
-                    }
-                    Err(Errno::NOENT) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                removed += unlink(fd.as_fd(), &child, &st)?;
                 continue;
             }
             if stack.len() < MAX_DEPTH {
-                deeper = Some((writable_dir(fd.as_fd(), &child, dev)?, child));
-                break;
+                match to_empty(fd.as_fd(), &child, dev, &mut removed)? {
+                    Some(next) => {
+                        deeper = Some((next, child));
+                        break;
+                    }
+                    None => continue,
+                }
             }
             // Too deep to hold open: moved up into the directory being removed, taken later.
             moved += 1;
             let up = cstr(format!(".srcstore-deep-{}-{moved}", std::process::id()).as_bytes())?;
-            rustix::fs::renameat_with(fd, &child, &stack[0].0, &up, RenameFlags::NOREPLACE)?;
+            match rustix::fs::renameat_with(fd, &child, &stack[0].0, &up, RenameFlags::NOREPLACE) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(next) = deeper {
             stack.push(next);
@@ -504,21 +506,82 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, st: &Stat, dev: u64) -> io::Re
         let Ok(st) = statat(above, &child) else {
             continue;
         };
-        match rustix::fs::unlinkat(above, &child, AtFlags::REMOVEDIR) {
-            Ok(()) => {
-                removed.entries += 1;
-                removed.bytes += allocated(&st);
-            }
-            Err(Errno::NOENT) => {}
+        match unlink(above, &child, &st) {
+            Ok(r) => removed += r,
             // A writer added to it meanwhile: empty it again, a bounded number of times.
-            Err(Errno::NOTEMPTY) if retries < MAX_RETRIES => {
+            Err(e)
+                if Errno::from_io_error(&e) == Some(Errno::NOTEMPTY) && retries < MAX_RETRIES =>
+            {
                 retries += 1;
-                stack.push((writable_dir(above, &child, dev)?, child));
+                if let Some(again) = to_empty(above, &child, dev, &mut removed)? {
+                    stack.push((again, child));
+                }
             }
             Err(e) => return Err(e.into()),
         }
     }
     Ok(removed)
+}
+
+/// The directory `name` in `dir`, opened to be emptied; `None` if it is gone, or was swapped
+/// for something else, which is then removed itself.
+fn to_empty(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    dev: u64,
+    removed: &mut Removed,
+) -> io::Result<Option<OwnedFd>> {
+    match writable_dir(dir, name, dev) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOENT) => Ok(None),
+        Err(e) => match changed(&e) {
+            true => {
+                if let Ok(st) = statat(dir, name) {
+                    if Kind::of(&st) != Kind::Dir {
+                        *removed += unlink(dir, name, &st)?;
+                    }
+                }
+                Ok(None)
+            }
+            false => Err(e),
+        },
+    }
+}
+
+/// Whether `e`, from opening a directory a walk saw, says a writer changed it since: it is
+/// gone, or something else (a link, a file, another filesystem's directory) stands there now.
+fn changed(e: &io::Error) -> bool {
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV)
+    )
+}
+
+/// Removes the entry `name` of `dir` that `st` describes; nothing if it is gone.
+fn unlink(dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> io::Result<Removed> {
+    let flags = match Kind::of(st) {
+        Kind::Dir => AtFlags::REMOVEDIR,
+        _ => AtFlags::empty(),
+    };
+    let mut unlinked = rustix::fs::unlinkat(dir, name, flags);
+    if unlinked == Err(Errno::ACCESS) {
+        // A writer took the write bit away again: given back through the descriptor.
+        let mode = rustix::fs::fstat(dir)?.st_mode & 0o7777;
+        rustix::fs::fchmod(dir, Mode::from_raw_mode(mode | 0o700))?;
+        unlinked = rustix::fs::unlinkat(dir, name, flags);
+    }
+    match unlinked {
+        Ok(()) => Ok(one(st)),
+        Err(Errno::NOENT) => Ok(Removed::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn one(st: &Stat) -> Removed {
+    Removed {
+        entries: 1,
+        bytes: allocated(st),
+    }
 }
 
 #[cfg(test)]

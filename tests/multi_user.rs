@@ -430,6 +430,178 @@ fn under_every_kind_of_nix_daemon_the_owners_build_gets_the_volume_and_another_u
 }
 
 #[test]
+fn a_build_root_runs_for_another_user_through_a_relay_never_gets_the_owners_volume() {
+    // What a store reached as ssh-ng://root@… runs: root's `nix-daemon --stdio`, building in
+    // root's store for whoever reached it, here behind a socket instead of sshd, and an `ssh`
+    // that connects to it. Root proves nothing about whom it builds for.
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let src = w.path(DEV, &p);
+    let serve = w.sb.path("serve.sock");
+    let mut server = w
+        .in_ns(None)
+        .args([
+            "socat",
+            &format!("UNIX-LISTEN:{},fork,mode=0666", serve.display()),
+        ])
+        .arg("EXEC:nix-daemon --stdio")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the relay's socket", || serve.exists());
+    let bin = w.sb.path("ssh-bin");
+    write(
+        &bin.join("ssh"),
+        &format!(
+            "#!/bin/sh\nexec socat STDIO UNIX-CONNECT:{}\n",
+            serve.display()
+        ),
+    );
+    fs::set_permissions(bin.join("ssh"), fs::Permissions::from_mode(0o755)).unwrap();
+    own(&bin, OTHER, 0o755);
+    let theirs = NixBuild::with_attrs(
+        &w.sb,
+        "served",
+        &volume_probe("other"),
+        r#"{ srcstoreCache = "t"; }"#,
+    );
+    // Instantiated through the daemon, built by root's relay.
+    let drv = w.user(
+        OTHER,
+        &[
+            "nix-instantiate",
+            theirs.expr.to_str().unwrap(),
+            "--argstr",
+            "src",
+            &src,
+        ],
+    );
+    let drv = String::from_utf8(drv.stdout).unwrap().trim().to_owned();
+    let out = w
+        .in_ns(Some(OTHER))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .args([
+            "nix-store",
+            "--store",
+            "ssh-ng://root@localhost",
+            "--realise",
+            &drv,
+        ])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let log = support::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let path = w.user(OTHER, &["nix-store", "-q", "--outputs", &drv]);
+    let said = fs::read_to_string(String::from_utf8(path.stdout).unwrap().trim()).unwrap();
+    assert!(
+        said.starts_with("srcstore: built without the cache volume")
+            && said.contains("asked for by uid 0")
+            && said.contains("root's builds"),
+        "{said}"
+    );
+    assert!(
+        !volume(DEV, &p).join("t/log").exists(),
+        "nothing was written to the owner's volume"
+    );
+}
+
+#[test]
+fn a_build_swapping_links_into_its_volume_never_makes_clear_or_gc_touch_anything_outside_it() {
+    let mut w = World::new(true);
+    let p = w.project(DEV, "proj");
+    w.mount(DEV, &p);
+    let src = w.path(DEV, &p);
+    // Files of the owner's that no sandbox sees, beside the cache home, and the epoch in it.
+    let home = PathBuf::from(format!("/home/{DEV}"));
+    let precious = home.join(format!("precious-{}", std::process::id()));
+    for i in 0..50 {
+        write(&precious.join(format!("f{i}")), "keep\n");
+        own(&precious.join(format!("f{i}")), DEV, 0o644);
+    }
+    own(&precious, DEV, 0o755);
+    let epoch_file = home.join(".cache/srcstore/epoch");
+    let epoch = fs::read_to_string(&epoch_file).unwrap();
+
+    // From the volume's place on disk (<cache home>/volumes/<key>/t/flip), six levels up is the
+    // owner's home, four the cache home. The build swaps d<i> between a directory and a link
+    // to one of them, and leaves read-only directories (as ccache's and sccache's users can).
+    let name = precious.file_name().unwrap().to_str().unwrap();
+    let flip = format!(
+        "v=/srcstore/cache/flip; end=$(( $(date +%s) + 10 )); \
+         while [ $(date +%s) -lt $end ]; do mkdir -p $v; \
+           for i in 0 1 2 3; do mkdir -p $v/r$i/x && touch $v/r$i/x/f && chmod 555 $v/r$i/x $v/r$i; done; \
+           for i in 0 1 2 3 4 5 6 7 8 9; do \
+             rm -rf $v/d$i $v/h$i; mkdir $v/d$i $v/h$i; touch $v/d$i/a $v/h$i/a; rm -rf $v/d$i $v/h$i; \
+             ln -s ../../../../../../{name} $v/d$i; ln -s ../../../.. $v/h$i; done; done 2> /dev/null; \
+         echo done > $out"
+    );
+    let flipper = NixBuild::with_attrs(&w.sb, "flipper", &flip, r#"{ srcstoreCache = "t"; }"#);
+    // Its log goes to a file: a pipe nobody reads until the end would stall the build.
+    let build_log = w.sb.path("flipper.log");
+    let mut build = w
+        .in_ns(Some(DEV))
+        .args(["nix-build", "--no-out-link", flipper.expr.to_str().unwrap()])
+        .args(["--argstr", "src", &src])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&build_log).unwrap())
+        .spawn()
+        .unwrap();
+    let flip_dir = volume(DEV, &p).join("t/flip");
+    wait_for("the build to start swapping", || {
+        flip_dir.join("r3").exists()
+    });
+    // The daemon's own collection, due again, set off by another build that asks.
+    let probe = NixBuild::with_attrs(&w.sb, "asks", "echo > $out", r#"{ srcstoreCache = "t"; }"#);
+    let stamp = volume(DEV, &p).join(".collected");
+    let dir = p.to_str().unwrap();
+    let mut rounds = 0;
+    while build.try_wait().unwrap().is_none() {
+        let _ = fs::remove_file(&stamp);
+        let _ = w.build(DEV, &probe, &src);
+        for args in [
+            &["cache", "clear", dir][..],
+            &["cache", "gc", "--max-size", "0", dir],
+        ] {
+            let out = w.srcstore(DEV, args);
+            assert!(out.status.success(), "{args:?}: {}", support::stderr(&out));
+        }
+        rounds += 1;
+    }
+    assert!(
+        rounds >= 2,
+        "the attack ran against {rounds} rounds of clear and gc"
+    );
+    let built = build.wait().unwrap();
+    assert!(
+        built.success(),
+        "{}",
+        fs::read_to_string(&build_log).unwrap()
+    );
+    assert_eq!(
+        fs::read_dir(&precious).unwrap().count(),
+        50,
+        "nothing outside the volume was removed"
+    );
+    assert_eq!(
+        fs::read_to_string(&epoch_file).unwrap(),
+        epoch,
+        "the epoch is where it was"
+    );
+    let _ = fs::remove_dir_all(&precious);
+
+    // And once the build is over, clear empties the partition of everything it left.
+    let out = w.srcstore(DEV, &["cache", "clear", dir]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert_eq!(fs::read_dir(volume(DEV, &p).join("t")).unwrap().count(), 0);
+}
+
+#[test]
 fn when_two_users_wait_on_one_derivation_the_cache_goes_only_to_a_build_its_owner_runs() {
     let mut w = World::new(true);
     let p = w.project(DEV, "proj");
