@@ -517,7 +517,7 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &CStr, st: &Stat, dev: u64) -> io::Re
                     stack.push((again, child));
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(removed)
