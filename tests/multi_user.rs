@@ -453,7 +453,7 @@ fn a_build_root_runs_for_another_user_through_a_relay_never_gets_the_owners_volu
     let bin = w.sb.path("ssh-bin");
     write(
         &bin.join("ssh"),
-        &format!(
+        format!(
             "#!/bin/sh\nexec socat STDIO UNIX-CONNECT:{}\n",
             serve.display()
         ),
