@@ -474,3 +474,141 @@ fn gocacheprog_speaks_gos_protocol_and_a_malformed_stream_is_one_line_and_exit_1
         "{err}"
     );
 }
+
+/// Runs `srcstore args` and gives it `secs` to finish: a command that hangs fails the test.
+fn within(sb: &Sandbox, secs: u64, args: &[&str]) -> std::process::Output {
+    let mut child = sb
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..secs * 10 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("srcstore {args:?} did not finish in {secs} s");
+}
+
+#[test]
+fn cache_stats_reports_what_a_build_planted_for_its_counts_instead_of_hanging_or_growing() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let src = d.path(&sb);
+    for (partition, plant) in [
+        ("fifo", "mkfifo /srcstore/cache/go-prog/counts"),
+        ("zero", "ln -s /dev/zero /srcstore/cache/go-prog/counts"),
+        (
+            "huge",
+            "head -c 1048576 /dev/zero > /srcstore/cache/go-prog/counts",
+        ),
+    ] {
+        let nix = NixBuild::with_attrs(
+            &sb,
+            partition,
+            &format!("mkdir -p /srcstore/cache/go-prog && {plant} && echo > $out"),
+            &format!("{{ srcstoreCache = \"{partition}\"; }}"),
+        );
+        let (out, log) = nix.build(src.to_str().unwrap());
+        assert!(out.is_some(), "{log}");
+    }
+    let out = within(&sb, 10, &["cache", "stats", "--json", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, (name, what)) in [
+        (
+            "fifo",
+            "a FIFO, socket or device where a regular file should be",
+        ),
+        ("huge", "1048576 bytes, more than the 4096 read here"),
+        ("zero", "a symlink where a regular file should be"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let part = &stats["partitions"][i];
+        assert_eq!(part["name"], *name);
+        let planted = part["planted"][0].as_str().unwrap_or_default();
+        assert!(
+            planted.starts_with("go-prog/counts: ") && planted.contains(what),
+            "{name}: {part}"
+        );
+        assert_eq!(
+            part["gocacheprog"]["hits"], 0,
+            "{name}: nothing read as counts"
+        );
+    }
+    let text = within(&sb, 10, &["cache", "stats", p.to_str().unwrap()]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("fifo: 2 entries (1 FIFOs"), "{text}");
+}
+
+#[test]
+fn a_full_cache_home_stops_a_start_with_one_line_and_the_epoch_survives_it() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    // A small filesystem of the test's own for the cache home, never the machine's.
+    let cache = sb.home().join(".cache");
+    fs::create_dir_all(&cache).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs at {}",
+        cache.display()
+    );
+    let _unmount = Unmount(cache.clone());
+    let mut d = Daemon::start(&sb, &p, &[]);
+    d.stop_with("-TERM");
+    let epoch = sb.cache().join("epoch");
+    let first = fs::read_to_string(&epoch).unwrap();
+
+    let filler = cache.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let full = loop {
+        if let Err(e) = std::io::Write::write_all(&mut f, &[0u8; 4096]) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(28), "{full}");
+    drop(f);
+    let refused = sb.mount_once(&sb.path("mnt"), &p);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{}",
+        support::stderr(&refused)
+    );
+    let line = support::stderr(&refused);
+    assert!(
+        line.trim().lines().count() == 1
+            && line.contains(epoch.to_str().unwrap())
+            && line.contains("No space left"),
+        "{line}"
+    );
+    assert_eq!(
+        fs::read_to_string(&epoch).unwrap(),
+        first,
+        "the epoch is kept"
+    );
+    let strays: Vec<_> = fs::read_dir(sb.cache())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(strays.is_empty(), "a failed write left {strays:?}");
+
+    fs::remove_file(&filler).unwrap();
+    let mut d = Daemon::start(&sb, &p, &[]);
+    d.stop_with("-TERM");
+    let next: u64 = fs::read_to_string(&epoch).unwrap().trim().parse().unwrap();
+    assert_eq!(next, first.trim().parse::<u64>().unwrap() + 1);
+}
