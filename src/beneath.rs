@@ -597,6 +597,17 @@ mod tests {
         (t, tree)
     }
 
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
     fn walked(tree: &Tree) -> Vec<(String, Kind, bool)> {
         let mut seen = Vec::new();
         tree.walk(&mut |e| {
@@ -614,14 +625,7 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("precious"), "x").unwrap();
         symlink(&outside, tree.path().join("link")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            tree.path().join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        mkfifo(&tree.path().join("fifo"));
         fs::create_dir(tree.path().join("d")).unwrap();
         fs::write(tree.path().join("d/f"), "y").unwrap();
         assert_eq!(
@@ -647,14 +651,7 @@ mod tests {
         symlink(&outside, ro.join("sub/out")).unwrap();
         symlink("../../../outside/precious", ro.join("rel")).unwrap();
         fs::write(tree.path().join("empty"), "").unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            tree.path().join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        mkfifo(&tree.path().join("fifo"));
         for (dir, mode) in [(ro.join("sub"), 0o500), (ro.clone(), 0o000)] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
         }
@@ -717,14 +714,7 @@ mod tests {
         ));
         symlink("/dev/zero", tree.path().join("zero")).unwrap();
         assert!(tree.read_file(Path::new("zero"), 16).is_err());
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            tree.path().join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        mkfifo(&tree.path().join("fifo"));
         assert!(matches!(
             tree.read_file(Path::new("fifo"), 16),
             Err(ReadError::NotRegular(Kind::Special))
