@@ -236,23 +236,21 @@ impl Tree {
         let Some(name) = last else {
             return Ok(Removed::default());
         };
-        let parent = match parent {
-            Some(p) => p,
-            None => reopen_writable(&self.fd)?,
-        };
-        match statat(parent.as_fd(), &name) {
-            Ok(st) if st.st_ino == ino => remove_entry(parent.as_fd(), &name, &st, self.dev),
+        // The root's own descriptor lists it; a write bit it lacks, `unlink` gives back.
+        let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
+        match statat(parent, &name) {
+            Ok(st) if st.st_ino == ino => remove_entry(parent, &name, &st, self.dev),
             _ => Ok(Removed::default()),
         }
     }
 
     /// Removes everything below the root, of every kind, keeping the root.
     pub fn clear(&self) -> io::Result<Removed> {
-        let root = reopen_writable(&self.fd)?;
+        let root = self.fd.as_fd();
         let mut removed = Removed::default();
-        for name in names(root.as_fd())? {
-            if let Ok(st) = statat(root.as_fd(), &name) {
-                removed += remove_entry(root.as_fd(), &name, &st, self.dev)?;
+        for name in names(root)? {
+            if let Ok(st) = statat(root, &name) {
+                removed += remove_entry(root, &name, &st, self.dev)?;
             }
         }
         Ok(removed)
@@ -430,28 +428,18 @@ fn writable_dir(dir: BorrowedFd<'_>, name: &CStr, dev: u64) -> io::Result<OwnedF
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    reopen_writable_checked(&handle, dev)
-}
-
-/// `dir` (any descriptor of a directory) opened again to list and change it.
-fn reopen_writable(dir: &OwnedFd) -> io::Result<OwnedFd> {
-    let st = rustix::fs::fstat(dir)?;
-    reopen_writable_checked(dir, st.st_dev)
-}
-
-fn reopen_writable_checked(handle: &OwnedFd, dev: u64) -> io::Result<OwnedFd> {
-    let st = rustix::fs::fstat(handle)?;
+    let st = rustix::fs::fstat(&handle)?;
     if st.st_dev != dev {
         return Err(Errno::XDEV.into());
     }
     if st.st_mode & 0o700 != 0o700 {
         // Through the handle's own inode: the name may lead elsewhere by now, the handle not.
         rustix::fs::chmod(
-            proc_fd(handle),
+            proc_fd(&handle),
             Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700),
         )?;
     }
-    Ok(rustix::fs::openat(handle, c".", READ_DIR, Mode::empty())?)
+    Ok(rustix::fs::openat(&handle, c".", READ_DIR, Mode::empty())?)
 }
 
 /// Removes `name` from `dir`: a directory with everything below it. A writer may change the
