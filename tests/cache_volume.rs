@@ -373,48 +373,6 @@ fn two_builds_at_once_share_the_volume() {
     assert_eq!(fs::read_dir(&entries).unwrap().count(), 600);
 }
 
-#[test]
-fn two_builds_run_by_one_nix_at_once_each_get_the_volume_as_their_own_build_user() {
-    let sb = Sandbox::new();
-    let p = project(&sb);
-    let d = Daemon::start(&sb, &p, &[]);
-    let src = d.path(&sb);
-    // Two derivations one nix-build runs side by side (-j 2): when the hook runs for the second,
-    // Nix holds two build users' locks, and the volume must be mapped to this build's.
-    let bb = support::busybox_store_path();
-    let expr = sb.path("pair.nix");
-    let child = |who: &str| {
-        format!(
-            "derivation {{ name = \"pair-{who}\"; system = builtins.currentSystem; \
-             builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; inherit src; srcstoreCache = \"t\"; \
-             args = [ \"-c\" \"sleep 1; echo {who} > /srcstore/cache/{who} && cat /srcstore/cache/{who} > $out\" ]; }}"
-        )
-    };
-    write(
-        &expr,
-        format!(
-            "{{ src }}: let bb = builtins.storePath \"{bb}\"; a = {}; b = {}; in \
-             derivation {{ name = \"pair\"; system = builtins.currentSystem; \
-             builder = \"${{bb}}/bin/sh\"; PATH = \"${{bb}}/bin\"; \
-             args = [ \"-c\" \"cat ${{a}} ${{b}} > $out\" ]; }}",
-            child("a"),
-            child("b")
-        ),
-    );
-    let out = std::process::Command::new("nix-build")
-        .args(["--no-out-link", "-j", "2", "--option", "pre-build-hook"])
-        .arg(support::hook_script(&sb))
-        .arg(&expr)
-        .args(["--argstr", "src", src.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let log = support::stderr(&out);
-    assert!(out.status.success(), "{log}");
-    let built = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert_eq!(fs::read_to_string(built).unwrap(), "a\nb\n", "{log}");
-    assert!(!log.contains("built without the cache volume"), "{log}");
-}
-
 /// `srcstore gocacheprog --dir DIR` fed `input`: its output and exit.
 fn gocacheprog(sb: &Sandbox, dir: &Path, input: &str) -> std::process::Output {
     use std::io::Write;

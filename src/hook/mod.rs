@@ -8,6 +8,7 @@
 //! the view's owner, and sees it only through a clone that [`stage`] made of the directory it
 //! resolved itself. Each snapshot stays pinned until the build's chroot is gone.
 
+mod build_user;
 pub mod idmap;
 mod mountinfo;
 mod namespace;
@@ -216,7 +217,7 @@ fn cache_volume(
             )))
         }
         Some(staging) => {
-            let (build_uid, build_gid) = volume::build_user(parent, drv, chroot)?;
+            let (build_uid, build_gid) = build_user::build_user(parent, drv, chroot)?;
             let map = idmap::Mapping {
                 owner_uid: owner,
                 owner_gid,

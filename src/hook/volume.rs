@@ -23,7 +23,6 @@
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
@@ -60,10 +59,14 @@ fn daemon_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("NIX_DAEMON_SOCKET_PATH").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let state = std::env::var_os("NIX_STATE_DIR")
+    state_dir().join("daemon-socket/socket")
+}
+
+/// Nix's state directory: `NIX_STATE_DIR`, else `/nix/var/nix`.
+pub(super) fn state_dir() -> PathBuf {
+    std::env::var_os("NIX_STATE_DIR")
         .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("/nix/var/nix"), PathBuf::from);
-    state.join("daemon-socket/socket")
+        .map_or_else(|| PathBuf::from("/nix/var/nix"), PathBuf::from)
 }
 
 /// The peer uids of the connections `parent` holds that were accepted on the Nix daemon's
@@ -139,96 +142,11 @@ fn own_uid(parent: Pid) -> Result<u32, Denied> {
 }
 
 /// Real, effective, saved and filesystem uid of the process at `proc`.
-fn uids(proc: &str) -> Option<[u32; 4]> {
+pub(super) fn uids(proc: &str) -> Option<[u32; 4]> {
     let status = fs::read_to_string(format!("{proc}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     let mut ids = line.split_whitespace().skip(1).map(|n| n.parse().ok());
     Some([ids.next()??, ids.next()??, ids.next()??, ids.next()??])
-}
-
-/// The user and group the build runs as, on the host. Nix 2.8 does not tell the hook; it holds
-/// a lock on `userpool/<uid>` for every build user it took, and made the build's directory
-/// (`nix-build-<name>.drv-N` in its `TMPDIR`) the build user's just before running the hook.
-/// With no lock held (`build-users-group =`), the build runs as its Nix process's user.
-pub fn build_user(parent: Pid, drv: &Path, chroot: Option<&Path>) -> Result<(u32, u32), Denied> {
-    let proc = format!("/proc/{}", parent.as_raw_nonzero());
-    let mut locks: Vec<u32> = fs::read_dir(format!("{proc}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|fd| {
-            let target = fs::read_link(fd.path()).ok()?;
-            let uid = target.strip_prefix("/nix/var/nix/userpool").ok()?;
-            uid.to_str()?.parse().ok()
-        })
-        .collect();
-    locks.sort_unstable();
-    locks.dedup();
-    if locks.is_empty() {
-        let uid = uids(&proc).ok_or_else(|| Denied(format!("cannot tell who runs {proc}")))?[0];
-        return Ok((uid, primary_gid(uid).unwrap_or(uid)));
-    }
-    let uid = match locks[..] {
-        [uid] => uid,
-        _ => {
-            // Several builds at once: this one's directory is the build user's.
-            let name = drv.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let name = name.split_once('-').map_or(name, |(_, n)| n);
-            let tmp =
-                std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-            let owners: Vec<u32> = build_dirs(&tmp, name)
-                .into_iter()
-                .filter(|u| locks.contains(u))
-                .collect();
-            match owners[..] {
-                [uid] => uid,
-                _ => {
-                    return Err(Denied(format!(
-                        "cannot tell which of the build users {locks:?} builds it"
-                    )))
-                }
-            }
-        }
-    };
-    // Nix gives the chroot to root and the build group.
-    let gid = chroot
-        .and_then(|c| fs::symlink_metadata(c).ok())
-        .filter(|m| m.uid() == 0)
-        .map(|m| m.gid())
-        .or_else(|| primary_gid(uid))
-        .ok_or_else(|| Denied(format!("cannot tell the group of build user {uid}")))?;
-    Ok((uid, gid))
-}
-
-/// Owners of `<tmp>/nix-build-<name>-N` directories.
-fn build_dirs(tmp: &Path, name: &str) -> Vec<u32> {
-    let prefix = format!("nix-build-{name}-");
-    let mut owners: Vec<u32> = fs::read_dir(tmp)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(&prefix))
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| {
-            let m = fs::symlink_metadata(e.path()).ok()?;
-            m.is_dir().then(|| m.uid())
-        })
-        .collect();
-    owners.sort_unstable();
-    owners.dedup();
-    owners
-}
-
-fn primary_gid(uid: u32) -> Option<u32> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
-    })
 }
 
 /// Opens the volume directory `path` (from its daemon) as root must: no symlink followed

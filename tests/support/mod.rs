@@ -12,6 +12,26 @@ pub fn srcstore_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_srcstore"))
 }
 
+/// Fails unless `bin` is statically linked (an ELF with no program interpreter), as the binary
+/// scripts/install builds and root runs in a sandbox is.
+pub fn assert_static(bin: &Path) {
+    let elf = fs::read(bin).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    let interp = (0..count).any(|i| {
+        let o = phoff + i * size;
+        u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == PT_INTERP
+    });
+    assert!(
+        elf.starts_with(b"\x7fELF\x02\x01") && !interp,
+        "{} is not statically linked: run the tests with scripts/test, which builds them as \
+         scripts/install builds srcstore (RUSTFLAGS='-C target-feature=+crt-static' with --target)",
+        bin.display()
+    );
+}
+
 /// A scratch area with its own HOME and XDG_CACHE_HOME, so tests never share an index or git
 /// configuration with each other or with the user.
 pub struct Sandbox {
@@ -129,6 +149,18 @@ pub fn nix_hash_path(path: &Path) -> String {
         .expect("nix is required for these tests (scripts/setup-machine installs it)");
     assert!(out.status.success(), "nix hash path: {}", stderr(&out));
     format!("sha256:{}", String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The version of the Nix on PATH, as (major, minor).
+pub fn nix_version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let out = Command::new("nix").arg("--version").output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let v = text.split_whitespace().last().unwrap_or_default();
+        let mut parts = v.split('.').map(|n| n.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    })
 }
 
 /// `nix-store --add` of a path, removed again afterwards.
