@@ -63,10 +63,11 @@ impl<'a> Build<'a> {
                  name = \"{cache}-app\"; system = builtins.currentSystem; builder = \"${{bb}}/bin/sh\"; \
                  PATH = builtins.concatStringsSep \":\" (map (t: \"${{t}}/bin\") (tc ++ [ bb ])); \
                  inherit src round; \
-                 args = [ \"-c\" \". $srcstoreCacheSetup; {script}\" ]; }} // (import {lib}).{cache} {args})",
+                 args = [ \"-c\" \". $srcstoreCacheSetup; {script}; {ran_as} > $out/ran-as\" ]; }} // (import {lib}).{cache} {args})",
                 bb = support::busybox_store_path(),
                 lib = lib.display(),
                 tc = toolchains.join(" "),
+                ran_as = support::RAN_AS,
             ),
         )
         .unwrap();
@@ -103,7 +104,13 @@ impl<'a> Build<'a> {
             out.status.success(),
             "round {round} as {user} failed: {log}"
         );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        let out = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert_eq!(
+            read(&out, "ran-as").trim(),
+            support::uid_of(user).to_string(),
+            "round {round} ran as {user}"
+        );
+        out
     }
 }
 

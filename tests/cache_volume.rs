@@ -38,7 +38,9 @@ fn appender<'a>(sb: &'a Sandbox, word: &str) -> NixBuild<'a> {
         &format!("append-{word}"),
         &format!(
             "echo {word} >> /srcstore/cache/log && mkdir -p /srcstore/cache/dir && \
-             echo {word} > /srcstore/cache/dir/last && cat /srcstore/cache/log > $out"
+             echo {word} > /srcstore/cache/dir/last && cat /srcstore/cache/log > $out && \
+             {} > /srcstore/cache/ran-as-{word}",
+            support::RAN_AS
         ),
         r#"{ srcstoreCache = "t"; }"#,
     )
@@ -76,6 +78,14 @@ fn builds_by_different_build_users_read_and_replace_each_others_cache_files() {
 
     // On disk everything is the owner's (here root), closed to others.
     let dir = partition(&sb, "t");
+    for (word, user) in [("one", "nixbld1"), ("two", "nixbld7")] {
+        let ran_as = fs::read_to_string(dir.join(format!("ran-as-{word}"))).unwrap();
+        assert_eq!(
+            ran_as.trim(),
+            support::uid_of(user).to_string(),
+            "{word} ran as {user}"
+        );
+    }
     assert_eq!(fs::read_to_string(dir.join("dir/last")).unwrap(), "two\n");
     for f in ["", "log", "dir", "dir/last"] {
         let meta = fs::symlink_metadata(dir.join(f)).unwrap();

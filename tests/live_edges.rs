@@ -37,37 +37,50 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-fn a_symlink_planted_where_a_cookie_could_go_is_never_followed() {
+fn sync_cookies_live_in_a_private_directory_no_one_can_name_ahead_of_time() {
+    // A name another user could predict is a place to plant a link before the daemon writes
+    // there; the project itself is never written.
     let sb = Sandbox::new();
     let p = project(&sb);
-    // A file only its owner may read or write, outside the project.
-    let precious = sb.path("precious");
-    fs::write(&precious, "must keep these bytes\n").unwrap();
-    support::chmod(&precious, 0o600);
-    let d = Daemon::start(&sb, &p, &[]);
-    // Every name the predictable scheme (`.srcstore-cookie-<pid>-<n>`) could pick next.
-    let pid = d.child.id();
-    for n in 0..300 {
-        std::os::unix::fs::symlink(&precious, p.join(format!(".srcstore-cookie-{pid}-{n}")))
-            .unwrap();
-    }
-    let mut failures = Vec::new();
-    for _ in 0..3 {
-        let out = sb.run(&["path", p.to_str().unwrap()]);
-        if !out.status.success() {
-            failures.push(support::stderr(&out));
+    let dir = srcstore::daemon::paths::cookie_dir(&srcstore::daemon::paths::runtime_dir(), &p);
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let _d = Daemon::start(&sb, &p, &[]);
+        // Cookies are made and removed while `path` waits; the directory keeps the last name
+        // only while a caller waits, so record names as they come.
+        let mut seen = BTreeSet::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        seen.insert(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..200 {
+            sb.ok(&["path", p.to_str().unwrap()]);
         }
+        stop.store(true, Ordering::Relaxed);
+        seen.extend(watcher.join().unwrap());
+        let meta = fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir(), "{}", dir.display());
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
+        assert!(fs::read_dir(&p)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains("cookie")));
+        names.push(seen);
     }
-    assert_eq!(
-        fs::read_to_string(&precious).unwrap(),
-        "must keep these bytes\n",
-        "a file outside the project was written through a planted link"
+    assert!(
+        !names[0].is_empty() && names[0].is_disjoint(&names[1]),
+        "each run names its cookies anew: {names:?}"
     );
-    assert_eq!(fs::metadata(&precious).unwrap().mode() & 0o7777, 0o600);
-    assert!(failures.is_empty(), "path failed: {failures:?}");
-    // The planted links are the user's files like any other.
-    let path = d.path(&sb);
-    assert_eq!(basename(&path), sb.hash(&p));
 }
 
 #[test]

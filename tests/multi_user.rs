@@ -689,8 +689,11 @@ fn zig_builds_through_nix_daemon_for_a_user_reuse_the_cache_as_another_build_use
         let nix = NixBuild::with_attrs(
             &w.sb,
             &format!("zig-{round}"),
-            ". $srcstoreCacheSetup; mkdir $out; cd /srcstore/src; \
-             $zig/zig build-exe main.zig -femit-bin=$out/app; $out/app 2> $out/said",
+            &format!(
+                ". $srcstoreCacheSetup; mkdir $out; cd /srcstore/src; \
+                 $zig/zig build-exe main.zig -femit-bin=$out/app; $out/app 2> $out/said; {} > $out/ran-as",
+                support::RAN_AS
+            ),
             &format!(
                 "(import {}).zig {{ }} // {{ zig = builtins.storePath \"{zig}\"; }}",
                 lib.display()
@@ -699,6 +702,12 @@ fn zig_builds_through_nix_daemon_for_a_user_reuse_the_cache_as_another_build_use
         let _only = support::OnlyBuildUser::new(user);
         let (out, log) = w.build(DEV, &nix, &w.path(DEV, &p));
         let out = out.unwrap_or_else(|| panic!("round {round} as {user}: {log}"));
+        let ran_as = fs::read_to_string(out.join("ran-as")).unwrap();
+        assert_eq!(
+            ran_as.trim(),
+            uid_of(user).to_string(),
+            "round {round} ran as {user}"
+        );
         fs::read_to_string(out.join("said")).unwrap()
     };
     assert_eq!(build("1", "nixbld1"), "hello\n");

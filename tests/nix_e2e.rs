@@ -4,7 +4,6 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use support::{write, Daemon, NixBuild, Sandbox};
 
@@ -84,7 +83,7 @@ fn the_snapshot_is_pinned_for_the_build_and_released_after() {
                 .unwrap()
         })
     };
-    std::thread::sleep(Duration::from_millis(1000));
+    support::wait_for("the build's pin", || d.status(&sb)["pins"] == 1);
     // An edit during the build supersedes the snapshot; with --keep 0 only the pin keeps it.
     // (The build reads a file the edit leaves alone: bytes overwritten on disk are gone for
     // every snapshot, and reading them fails with EIO rather than mixing versions.)
@@ -99,15 +98,9 @@ fn the_snapshot_is_pinned_for_the_build_and_released_after() {
         "hello\n",
         "the build read its own snapshot"
     );
-    let mut released = false;
-    for _ in 0..40 {
-        if d.status(&sb)["pins"] == 0 {
-            released = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(released, "the pin outlived the build");
+    support::wait_for("the pin to go with the build", || {
+        d.status(&sb)["pins"] == 0
+    });
     assert!(
         !first.exists(),
         "an unpinned, superseded snapshot is no longer served"

@@ -187,7 +187,7 @@ impl Server {
                 settle: Duration::from_millis(args.settle_ms),
                 keep: args.keep,
                 // Beside the lock we hold: this daemon's alone, and outside the project.
-                cookie_dir: Some(paths::lock_path(&runtime, &dir).with_extension("cookies")),
+                cookie_dir: Some(paths::cookie_dir(&runtime, &dir)),
             };
             let live = Arc::new(Live::start(&dir, config, previous, live_tx)?);
             if args.allow_other {

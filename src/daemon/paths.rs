@@ -110,6 +110,11 @@ pub fn lock_path(runtime: &Path, project: &Path) -> PathBuf {
     runtime.join(format!("{}.lock", key(project)))
 }
 
+/// The private directory the project's daemon makes its sync cookies in.
+pub fn cookie_dir(runtime: &Path, project: &Path) -> PathBuf {
+    runtime.join(format!("{}.cookies", key(project)))
+}
+
 /// The project's compile cache volume, `volumes/<key>` under the cache home.
 pub fn volume_path(cache_home: &Path, project: &Path) -> PathBuf {
     cache_home.join("volumes").join(key(project))

@@ -325,6 +325,10 @@ impl Drop for Daemon {
     }
 }
 
+/// A shell line, for a sandboxed build, that prints the host uid the build runs as: the
+/// outside end of its user namespace's mapping (inside, every build user is uid 1000).
+pub const RAN_AS: &str = "read _ host _ < /proc/self/uid_map; echo $host";
+
 /// A busybox builder in the store (`<path>/bin/sh` and an applet per command), made once.
 pub fn busybox_store_path() -> String {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
