@@ -276,6 +276,18 @@ fn a_stop_ends_in_bounded_time_whatever_holds_the_view_and_the_next_mount_needs_
             started.elapsed()
         );
         assert_eq!(status.success(), !remove_project, "{status}");
+        // Off the mountpoint while still held: no dead mount stays behind.
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(&d.mountpoint)
+            .status()
+            .unwrap();
+        assert!(
+            !mounted.success(),
+            "a dead mount stayed at {}",
+            d.mountpoint.display()
+        );
+        assert!(d.log_text().contains("detached"), "{}", d.log_text());
         let mut buf = Vec::new();
         use std::io::Read;
         assert!(

@@ -85,11 +85,23 @@ pub struct Options {
 
 /// A mounted view; [`Mounted::unmount`] (or drop) ends it.
 pub struct Mounted {
+    mountpoint: std::path::PathBuf,
     unmounter: fuser::SessionUnmounter,
     notifier: fuser::Notifier,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
     /// Signalled when the session has ended.
     ended: std::sync::mpsc::Receiver<()>,
+}
+
+/// How a view ended on [`Mounted::unmount`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Unmounted, and the session over.
+    Unmounted,
+    /// Off its mountpoint, but still held (an open file, a working directory, a staged clone):
+    /// the kernel ends it when the last holder lets go; until then they get errors once this
+    /// process has exited.
+    DetachedWhileHeld,
 }
 
 /// How long an unmount waits for the kernel to end the session. It ends only when nothing
@@ -137,6 +149,7 @@ pub fn mount<S: Source>(
             result
         })?;
     Ok(Mounted {
+        mountpoint: mountpoint.to_path_buf(),
         unmounter,
         notifier,
         thread: Some(thread),
@@ -153,28 +166,33 @@ impl Mounted {
             .inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::from_bytes(name));
     }
 
-    /// Detaches the mount and ends the session, waiting for the kernel a bounded time only
-    /// (see [`SESSION_END_GRACE`]): a reader holding a file open never keeps a server from
-    /// stopping.
-    pub fn unmount(mut self) -> io::Result<()> {
+    /// Takes the mount off its mountpoint and ends the session, waiting for the kernel a
+    /// bounded time only (see [`SESSION_END_GRACE`]): a reader holding a file open never keeps
+    /// a server from stopping, nor leaves a dead mount behind. Says which way it ended.
+    pub fn unmount(mut self) -> io::Result<Ending> {
         self.stop()
     }
 
-    fn stop(&mut self) -> io::Result<()> {
+    fn stop(&mut self) -> io::Result<Ending> {
         let Some(thread) = self.thread.take() else {
-            return Ok(());
+            return Ok(Ending::Unmounted);
         };
-        let unmounted = self.unmounter.unmount();
+        // Root's plain unmount fails while anything holds the view (a user's goes through
+        // fusermount's lazy one); then the mount is detached, so that no dead mount stays.
+        let unmounted = match self.unmounter.unmount() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH)
+                    .map_err(io::Error::from)
+            }
+            other => other,
+        };
         if self.ended.recv_timeout(SESSION_END_GRACE).is_err() {
-            tracing::info!(
-                "the view is still held (an open file or a staged snapshot); its connection ends with this process"
-            );
-            return unmounted;
+            return unmounted.map(|()| Ending::DetachedWhileHeld);
         }
         let joined = thread
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("FUSE thread panicked")));
-        unmounted.and(joined)
+        unmounted.and(joined).map(|()| Ending::Unmounted)
     }
 }
 

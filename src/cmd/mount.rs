@@ -311,10 +311,14 @@ impl Server {
                 ExitCode::FAILURE
             }
         };
-        if let Err(e) = self.mounted.unmount() {
-            tracing::debug!("unmount: {e}");
+        let mp = self.mountpoint.display();
+        match self.mounted.unmount() {
+            Ok(srcstore_fuse::Ending::Unmounted) => tracing::info!("unmounted {mp}"),
+            Ok(srcstore_fuse::Ending::DetachedWhileHeld) => tracing::info!(
+                "detached {mp}: still held (an open file, a working directory or a build's staged snapshot), which now gets errors; the kernel ends the mount when it lets go"
+            ),
+            Err(e) => tracing::warn!("{mp}: cannot unmount ({e}); `fusermount3 -u -z {mp}` detaches it, and the next `srcstore mount` repairs it"),
         }
-        tracing::info!("unmounted {}", self.mountpoint.display());
         code
     }
 }
