@@ -263,3 +263,112 @@ fn apply_refuses_a_configuration_directory_others_can_write() {
         "{err}"
     );
 }
+
+#[test]
+fn on_nixos_apply_writes_roots_copy_and_prints_the_configuration_for_the_files_the_system_writes() {
+    // NixOS makes nix.conf and fuse.conf read-only links into the store, written by the
+    // system's configuration: --apply must not replace them, and must say what to declare.
+    let sb = Sandbox::new();
+    let root_only = root_only_dir();
+    let dir = root_only.path().join("etc-nix");
+    fs::create_dir(&dir).unwrap();
+    support::chmod(&dir, 0o755);
+    let generated = sb.path("generated");
+    write(&generated.join("nix.conf"), "sandbox = false\n");
+    write(&generated.join("fuse.conf"), "# mount_max = 1000\n");
+    let store = support::nix_store_keep(&generated);
+    std::os::unix::fs::symlink(format!("{store}/nix.conf"), dir.join("nix.conf")).unwrap();
+    let fuse = sb.path("fuse.conf");
+    std::os::unix::fs::symlink(format!("{store}/fuse.conf"), &fuse).unwrap();
+    let c = Conf {
+        dir: dir.clone(),
+        fuse: fuse.clone(),
+        _root_only: None,
+    };
+    let out = stdout(&setup(&sb, &c, &["--apply"]));
+    let hook = dir.join("srcstore-pre-build-hook");
+    for line in [
+        "  nix.settings.sandbox = true;".to_owned(),
+        format!("  nix.settings.pre-build-hook = \"{}\";", hook.display()),
+        "  programs.fuse.userAllowOther = true;".to_owned(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
+    }
+    assert!(out.contains("nixos-rebuild switch"), "{out}");
+    // The system's files are untouched, still links into the store.
+    assert_eq!(
+        fs::read_link(dir.join("nix.conf")).unwrap(),
+        std::path::PathBuf::from(format!("{store}/nix.conf"))
+    );
+    assert_eq!(
+        fs::read_link(&fuse).unwrap(),
+        std::path::PathBuf::from(format!("{store}/fuse.conf"))
+    );
+    // Root's copy and the hook are written all the same.
+    assert_eq!(fs::metadata(&hook).unwrap().uid(), 0);
+    assert_eq!(
+        fs::read(dir.join("srcstore")).unwrap(),
+        fs::read(support::srcstore_bin()).unwrap()
+    );
+    let _ = Command::new("nix-store")
+        .args(["--delete", &store])
+        .output();
+    drop(root_only);
+}
+
+#[test]
+fn setup_and_mount_say_in_one_line_that_a_lix_discarding_the_hooks_output_shows_builds_no_snapshot()
+{
+    // Lix is not in Debian: a `nix` that answers its version as Lix 2.93 does.
+    let sb = Sandbox::new();
+    let bin = sb.path("lix-bin");
+    write(
+        &bin.join("nix"),
+        "#!/bin/sh\necho 'nix (Lix, like Nix) 2.93.0'\n",
+    );
+    support::chmod(&bin.join("nix"), 0o755);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let c = conf(&sb, "sandbox = true\n", "user_allow_other\n");
+    let out = sb
+        .cmd()
+        .env("PATH", &path)
+        .env("NIX_CONF_DIR", &c.dir)
+        .args(["nix", "setup", "--fuse-conf"])
+        .arg(&c.fuse)
+        .output()
+        .unwrap();
+    let out = stdout(&out);
+    let said: Vec<&str> = out.lines().filter(|l| l.contains("Lix 2.93.0")).collect();
+    assert_eq!(said.len(), 1, "{out}");
+    assert!(
+        said[0].contains("will not see snapshots") && said[0].contains("store mode"),
+        "{out}"
+    );
+
+    let p = sb.path("proj");
+    write(&p.join("f"), "x");
+    let d = sb
+        .cmd()
+        .env("PATH", &path)
+        .args(["mount", "--mountpoint"])
+        .arg(sb.path("mnt"))
+        .arg(&p)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_for("the mount", || {
+        sb.run(&["path", p.to_str().unwrap()]).status.success()
+    });
+    Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status()
+        .unwrap();
+    let out = d.wait_with_output().unwrap();
+    let err = support::stderr(&out);
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("Lix 2.93.0")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].starts_with("srcstore: warning: ") && said[0].contains("will not see snapshots"),
+        "{err}"
+    );
+}

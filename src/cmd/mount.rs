@@ -234,6 +234,9 @@ impl Server {
                 "serving {}",
                 mountpoint.join(live.current().basename()).display()
             );
+            if let Some(warning) = super::nix::installed().and_then(|v| v.hook_warning()) {
+                eprintln!("srcstore: warning: {warning}");
+            }
             let server = Server {
                 dir,
                 filter,

@@ -35,6 +35,17 @@ pub fn run(cmd: Nix) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The Nix on PATH, as `nix --version` names it; `None` where there is none.
+pub fn installed() -> Option<srcstore::nix::version::Version> {
+    let out = Command::new("nix")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    srcstore::nix::version::Version::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// How long the hook may take in all. A FUSE view that stops answering blocks the hook in the
 /// kernel where no timeout reaches; the build that named it then fails, and never hangs (with
 /// its nix-daemon worker and build user) for good.

@@ -87,10 +87,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_root_only(&conf_dir)?;
     write_atomically(&copy_path, &plan.copy, 0o755)?;
     write_atomically(&wrapper_path, plan.wrapper.as_bytes(), 0o755)?;
-    if new_text != text {
+    // NixOS writes nix.conf and fuse.conf from the system's configuration, as links into the
+    // store: a file written in their place would be gone on the next rebuild. Say what to add
+    // there instead.
+    let system = [&nix_conf, &args.fuse_conf].map(|p| written_by_system(p));
+    let mut declare = Vec::new();
+    if new_text != text && system[0] {
+        declare.extend(plan.settings.iter().map(|s| nixos_setting(s)));
+    } else if new_text != text {
         write_atomically(&nix_conf, new_text.as_bytes(), mode_of(&nix_conf, 0o644))?;
     }
-    if plan.fuse_line_needed {
+    if plan.fuse_line_needed && system[1] {
+        declare.push("programs.fuse.userAllowOther = true;".to_owned());
+    } else if plan.fuse_line_needed {
         let mut f = fuse.clone();
         if !f.is_empty() && !f.ends_with('\n') {
             f.push('\n');
@@ -102,8 +111,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mode_of(&args.fuse_conf, 0o644),
         )?;
     }
+    if !declare.is_empty() {
+        let managed: Vec<String> = [&nix_conf, &args.fuse_conf]
+            .iter()
+            .zip(system)
+            .filter(|(_, s)| *s)
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        println!(
+            "written: {} and {}; {} written by the system's configuration (a link into the Nix store): add this to it (NixOS: configuration.nix), then run `nixos-rebuild switch`:",
+            copy_path.display(),
+            wrapper_path.display(),
+            managed.join(" and ")
+        );
+        for line in declare {
+            println!("  {line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("applied: {}", nix_conf.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `path` is a link into the Nix store, as NixOS makes `/etc/nix/nix.conf` and
+/// `/etc/fuse.conf`: read-only, and replaced by the system's configuration on every rebuild.
+fn written_by_system(path: &Path) -> bool {
+    let store = std::env::var_os("NIX_STORE_DIR")
+        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from);
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && fs::canonicalize(path).is_ok_and(|t| t.starts_with(&store))
+}
+
+/// A `nix.conf` line (`key = value`) as the NixOS option that writes it.
+fn nixos_setting(line: &str) -> String {
+    let (key, value) = line.split_once(" = ").unwrap_or((line, ""));
+    let value = match value {
+        "true" | "false" => value.to_owned(),
+        v => format!(
+            "\"{}\"",
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace("${", "\\${")
+        ),
+    };
+    format!("nix.settings.{key} = {value};")
 }
 
 fn plan(text: &str, wrapper_path: &Path, copy_path: &Path, fuse: &str) -> anyhow::Result<Plan> {
@@ -187,6 +238,9 @@ fn plan(text: &str, wrapper_path: &Path, copy_path: &Path, fuse: &str) -> anyhow
         lines.push("change  user_allow_other in /etc/fuse.conf: lets a non-root `srcstore mount --allow-other` serve Nix's build users".into());
     } else {
         lines.push("ok      /etc/fuse.conf allows --allow-other".into());
+    }
+    if let Some(warning) = super::nix::installed().and_then(|v| v.hook_warning()) {
+        lines.push(format!("note    {warning}"));
     }
     if nix_daemon_running() {
         lines.push("note    nix-daemon is running: restart it after --apply (systemctl restart nix-daemon) so it reads the change".into());
