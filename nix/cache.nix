@@ -24,6 +24,13 @@
 # every file with mtime 1, so an edited file would look unchanged.
 let
   common = ''
+    case "''${src:-}" in
+      /nix/store/*|"") ;;
+      *) if [ ! -e "$src" ]; then
+           echo "srcstore: $src is not in this build's sandbox: the pre-build hook did not bind it (run \`srcstore nix setup\`; Lix 2.93 and later discard the hook's output)" >&2
+           exit 1
+         fi ;;
+    esac
     if [ -e /srcstore/no-cache ]; then cat /srcstore/no-cache >&2; fi
     SRCSTORE_CACHE=
     if [ -d /srcstore/cache ]; then

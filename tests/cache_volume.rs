@@ -202,13 +202,44 @@ fn the_nix_library_builds_with_the_volume_and_without_it_alike() {
     );
     assert!(partition(&sb, "misc").join("runs").exists());
 
-    // Without srcstore (a path Nix copies), the same expression builds, in its own TMPDIR.
+    // Without srcstore (a path Nix copied), the same expression builds, in its own TMPDIR.
     let without = NixBuild::with_attrs(&sb, "lib-without", script, &attrs);
-    let (out, log) = without.build(p.to_str().unwrap());
+    let (out, log) = without.build(&support::nix_store_keep(&p));
     let said = fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap();
     assert!(
         said.ends_with("/srcstore-cache\n") && !said.starts_with("/srcstore"),
         "{said}"
+    );
+}
+
+#[test]
+fn a_snapshot_the_hook_did_not_bind_fails_the_build_with_one_line_naming_the_cause() {
+    // As under a Nix that runs no hook, or a Lix that discards what it prints.
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let d = Daemon::start(&sb, &p, &[]);
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/cache.nix");
+    let nix = NixBuild::with_attrs(
+        &sb,
+        "unbound",
+        ". $srcstoreCacheSetup; cat $src/f > $out",
+        &format!("(import {}).dir {{ }}", lib.display()),
+    );
+    let src = d.path(&sb);
+    let out = std::process::Command::new("nix-build")
+        .args(["--no-out-link"])
+        .arg(&nix.expr)
+        .args(["--argstr", "src", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = support::stderr(&out);
+    assert!(!out.status.success());
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("srcstore:")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains(src.to_str().unwrap())
+            && said[0].contains("is not in this build's sandbox"),
+        "{log}"
     );
 }
 
