@@ -261,21 +261,13 @@ fn a_full_volume_makes_a_cache_miss_and_the_build_says_so() {
         .status()
         .unwrap();
     assert!(tmpfs.success());
-    let _unmount = Unmount(dir.clone());
+    let _unmount = support::Unmount(dir.clone());
     let script = ". $srcstoreCacheSetup; echo $SRCSTORE_CACHE > $out";
     let nix = NixBuild::with_attrs(&sb, "full", script, &attrs);
     let (out, log) = nix.build(src.to_str().unwrap());
     let said = fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap();
     assert!(!said.starts_with("/srcstore/cache"), "{said}");
     assert!(log.contains("cache volume cannot be written"), "{log}");
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        support::detach(&self.0);
-    }
 }
 
 #[test]
@@ -564,7 +556,7 @@ fn a_full_cache_home_stops_a_start_with_one_line_and_the_epoch_survives_it() {
         "cannot mount a tmpfs at {}",
         cache.display()
     );
-    let _unmount = Unmount(cache.clone());
+    let _unmount = support::Unmount(cache.clone());
     let mut d = Daemon::start(&sb, &p, &[]);
     d.stop_with("-TERM");
     let epoch = sb.cache().join("epoch");

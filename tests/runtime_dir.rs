@@ -265,3 +265,64 @@ fn a_hook_run_by_a_user_prints_the_checked_path_itself_and_stages_nothing() {
     );
     assert!(!block.contains(srcstore::hook::STAGE_ROOT), "{block}");
 }
+
+#[test]
+fn a_full_runtime_directory_fails_path_with_one_line_and_exit_1_not_a_refusal() {
+    let (sb, p) = world(DEV);
+    // The user's runtime directory on a filesystem of its own, with few inodes.
+    let xdg = sb.path("xdg");
+    fs::create_dir(&xdg).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!(
+            "size=1m,nr_inodes=64,mode=0700,uid={}",
+            uid_of(DEV)
+        ))
+        .args(["tmpfs"])
+        .arg(&xdg)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let _unmount = support::Unmount(xdg.clone());
+    let env = [("XDG_RUNTIME_DIR", xdg.to_str().unwrap())];
+    let mut daemon = Command::new("setpriv")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", format!("/home/{DEV}"))
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args([
+            &format!("--reuid={DEV}"),
+            &format!("--regid={DEV}"),
+            "--init-groups",
+        ])
+        .arg(support::srcstore_bin())
+        .args(["mount", p.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_for("the daemon", || {
+        srcstore_as(DEV, &env, &["path", p.to_str().unwrap()])
+            .status
+            .success()
+    });
+    // Every inode taken.
+    for i in 0.. {
+        if fs::write(xdg.join(format!("filler-{i}")), "").is_err() {
+            break;
+        }
+    }
+    write(&p.join("f"), "edited\n");
+    let out = srcstore_as(DEV, &env, &["path", p.to_str().unwrap()]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let err = one_line_failure(&out);
+    assert!(
+        err.contains("cannot create sync cookie") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error, not a refusal (4): {err}"
+    );
+}

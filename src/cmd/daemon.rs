@@ -35,11 +35,13 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         .request(request)
         .with_context(|| format!("{}: daemon did not answer", project.display()))?;
     if !response.ok {
-        return Err(exit::refused(
-            response
-                .error
-                .unwrap_or_else(|| "daemon refused the request".into()),
-        ));
+        let why = response
+            .error
+            .unwrap_or_else(|| "daemon refused the request".into());
+        return Err(match response.failed {
+            true => anyhow::anyhow!(why),
+            false => exit::refused(why),
+        });
     }
     Ok((project, response))
 }

@@ -58,6 +58,7 @@ impl Handler for LiveHandler {
                             ..Default::default()
                         })
                     }
+                    Err(e) if e.is_failure() => Response::failed(e.to_string()),
                     Err(e) => Response::error(e.to_string()),
                 }
             }

@@ -51,6 +51,11 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With an error: the daemon could not do what it was asked (I/O: a full runtime
+    /// directory, a watcher gone), as opposed to refusing it. Absent from older daemons, whose
+    /// every error reads as a refusal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,11 +70,20 @@ pub struct Response {
 }
 
 impl Response {
+    /// A refusal: the request is one the daemon will not answer.
     pub fn error(msg: impl Into<String>) -> Self {
         Response {
             ok: false,
             error: Some(msg.into()),
             ..Default::default()
+        }
+    }
+
+    /// A failure: the daemon could not do what it was asked.
+    pub fn failed(msg: impl Into<String>) -> Self {
+        Response {
+            failed: true,
+            ..Response::error(msg)
         }
     }
 }

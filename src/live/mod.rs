@@ -82,6 +82,14 @@ pub enum SyncError {
     NotADirectory { path: PathBuf },
 }
 
+impl SyncError {
+    /// Whether the daemon could not do it (the system failed it: no room for a cookie, a
+    /// watcher that saw nothing), rather than the tree or the request being what stops it.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, SyncError::Cookie { .. } | SyncError::Unseen { .. })
+    }
+}
+
 /// Counters for `srcstore status`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counters {

@@ -483,6 +483,15 @@ pub fn own(path: &Path, user: &str, mode: u32) {
 }
 
 /// Detaches whatever is mounted at `path` (lazily: open files keep it alive until closed).
+/// Detaches the mount at its path when dropped.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        detach(&self.0);
+    }
+}
+
 pub fn detach(path: &Path) {
     let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
 }
