@@ -11,6 +11,8 @@
 #   EDITS=N                     edits of the many-edits run (default 10000)
 #   SYNC_EVERY=N                a `srcstore path` every N edits, so that the daemon publishes
 #                               (default 10)
+#   CYCLES="1000 10000"         edit → `srcstore path` cycles of the cycles run, on a project of
+#                               2,000 files in 40 directories, with warming on and off
 #   BENCH_TMP=/var/tmp          where the temporary trees go; KEEP=1 keeps them
 #
 # Per file = (RSS serving the tree − RSS serving a one-file tree) / the tree's files. RSS is the
@@ -72,6 +74,29 @@ e2=$(rss "$E")
 updates=$(field "$B" "$E" updates)
 stop_daemon
 
+# --- cycles: edit → path, with and without warming --------------------------------------------
+CYCLES=${CYCLES:-1000 10000}
+C=$T/cycles; mkdir -p "$C"
+for d in $(seq 0 39); do mkdir -p "$C/d$d"; for f in $(seq 0 49); do echo "$d $f" >"$C/d$d/f$f"; done; done
+fuse_inodes() { awk '/^fuse_inode /{print $2}' /proc/slabinfo; }
+declare -A cyc
+for warm in on off; do
+  for n in $CYCLES; do
+    log "$n cycles of an edit and \`srcstore path\` on 2,000 files, warming $warm"
+    flags=(); [ "$warm" = off ] && flags=(--no-warm)
+    start_daemon "$B" "$C" "$T/mnt/cycles" "${flags[@]}"
+    "$B" path "$C" >/dev/null
+    before=$(rss "$C"); k0=$(fuse_inodes); h0=$(field "$B" "$C" inodes)
+    for i in $(seq 1 "$n"); do
+      echo "$i" >>"$C/d$((i % 40))/f1"
+      "$B" path "$C" >/dev/null
+    done
+    after=$(rss "$C"); k1=$(fuse_inodes); h1=$(field "$B" "$C" inodes)
+    cyc[$warm:$n]="| $warm | $n | $(kib "$before") | $(kib "$after") | **$(( (after - before) / 1024 ))** | $k0 → $k1 | $h0 → $h1 |"
+    stop_daemon
+  done
+done
+
 # --- report ----------------------------------------------------------------------------------
 echo "$(date -u +%Y-%m-%d), srcstore $version, $(nproc) cores, kernel $(uname -r)."
 echo
@@ -90,3 +115,10 @@ echo
 echo "| RSS before (KiB) | after $((EDITS / 10)) edits (KiB) | after $EDITS edits (KiB) |"
 echo "|---:|---:|---:|"
 echo "| $(kib "$e0") | $(kib "$e1") | **$(kib "$e2")** |"
+echo
+echo "Edit → \`srcstore path\` cycles on 2,000 files in 40 directories (each cycle appends to one file; the"
+echo "kernel's FUSE inodes are machine-wide, \`fuse_inode\` in /proc/slabinfo; the daemon's are those it holds):"
+echo
+echo "| warming | cycles | RSS before (KiB) | after (KiB) | growth (KiB) | kernel FUSE inodes | daemon's inodes |"
+echo "|---|---:|---:|---:|---:|---|---|"
+for warm in on off; do for n in $CYCLES; do echo "${cyc[$warm:$n]}"; done; done

@@ -61,6 +61,18 @@ pub fn mount_setattr(
     }
 }
 
+/// Lets the allocator make no more arenas than it has (glibc's `M_ARENA_MAX`): it makes one
+/// for each thread that finds the others busy, up to eight per core, and each keeps a heap's
+/// worth of pages. A daemon answering every control connection on a thread of its own grew by
+/// one arena per few hundred connections this way, about 3 MB over 1,000 `srcstore path`s.
+pub fn limit_allocator_arenas(max: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers and changes only the allocator's own setting.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, max);
+    }
+}
+
 /// Gives the memory the allocator holds free back to the system (glibc's `malloc_trim(0)`,
 /// every arena): a daemon's start-up frees much of what its scan threads took, and glibc keeps
 /// it in their arenas otherwise. Nothing elsewhere.

@@ -754,3 +754,29 @@ fn allow_other_warns_once_of_files_other_users_could_not_read() {
     );
     support::chmod(&p.join("secret"), 0o755);
 }
+
+#[test]
+fn the_kernel_forgets_the_inodes_of_snapshots_no_longer_served() {
+    // Warming walks every snapshot `path` answers with; the kernel keeps what it was given
+    // until told to drop it (or memory runs short). 200 edits later it must hold about what
+    // the served snapshots hold, not every snapshot ever answered.
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    for d in 0..10 {
+        for f in 0..20 {
+            write(&p.join(format!("d{d}/f{f}")), format!("{d} {f}\n"));
+        }
+    }
+    let d = Daemon::start(&sb, &p, &[]);
+    let inodes = || d.status(&sb)["inodes"].as_u64().unwrap();
+    d.path(&sb);
+    support::wait_for("the first snapshot warmed", || inodes() >= 200);
+    let first = inodes();
+    for i in 0..200 {
+        write(&p.join(format!("d{}/f1", i % 10)), format!("edit {i}\n"));
+        d.path(&sb);
+    }
+    support::wait_for("the kernel to forget retired snapshots", || {
+        inodes() <= first * 3 / 2
+    });
+}

@@ -34,7 +34,14 @@ pub struct View<S: Source> {
     /// of the moment would skip or repeat a name when a tree comes or goes between two
     /// `READDIR`s of one listing.
     root_serials: Mutex<RootSerials>,
+    /// The names at the root the kernel was given (by a lookup or a listing) and may still
+    /// hold, with every entry below them: [`crate::Mounted::forget_gone_roots`] tells it to
+    /// drop those no longer served.
+    handed: Handed,
 }
+
+/// Root names handed to the kernel, shared with [`crate::Mounted`].
+pub(crate) type Handed = Arc<Mutex<std::collections::HashSet<Vec<u8>>>>;
 
 #[derive(Default)]
 struct RootSerials {
@@ -52,7 +59,18 @@ impl<S: Source> View<S> {
             zero_message_opens: AtomicBool::new(false),
             root_generation: Mutex::new((0, 0)),
             root_serials: Mutex::default(),
+            handed: Handed::default(),
         }
+    }
+
+    /// The root names handed to the kernel, as they are handed.
+    pub(crate) fn handed(&self) -> Handed {
+        self.handed.clone()
+    }
+
+    /// How many inodes the kernel holds, kept current.
+    pub(crate) fn held(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.inodes.held()
     }
 
     /// Where `node` sits when handed to the kernel under `parent` (see [`crate::inodes`]).
@@ -122,6 +140,11 @@ impl<S: Source> View<S> {
         let ino = self.inodes.enter(self.place(parent, node), node, found);
         let attr = self.attr_of(ino, node);
         reply.entry_with_ttls(&FOREVER, &entry_ttl, &attr, Generation(0));
+    }
+
+    /// Records that the root name `name` is in the kernel's hands.
+    fn hand(&self, name: &[u8]) {
+        self.handed.lock().unwrap().insert(name.to_vec());
     }
 
     /// One `READDIRPLUS` entry: a lookup the kernel will forget, taken back if the reply has no
@@ -208,6 +231,7 @@ impl<S: Source> Filesystem for View<S> {
         if parent == INodeNo::ROOT {
             return match self.source.roots().into_iter().find(|r| r.name == name) {
                 Some(r) => {
+                    self.hand(&r.name);
                     let found = || At::Path(r.path.into());
                     self.enter(parent, &r.node, found, ROOT_ENTRY, reply)
                 }
@@ -397,6 +421,7 @@ impl<S: Source> Filesystem for View<S> {
         let from = offset.saturating_sub(2) as usize;
         let Some(dir) = dir else {
             for (off, r) in self.roots_after(offset) {
+                self.hand(&r.name);
                 let name = OsStr::from_bytes(&r.name);
                 let found = || At::Path(r.path.clone().into());
                 if !self.add_plus(&mut reply, ino, off, name, &r.node, found) {

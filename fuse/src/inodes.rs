@@ -19,6 +19,7 @@
 //! memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The first directory number; file numbers (node ids plus one) stay below it.
@@ -29,6 +30,8 @@ pub const UNKNOWN: u64 = 0xffff_ffff;
 
 pub struct Inodes<N> {
     table: Mutex<Table<N>>,
+    /// How many entries the table has, readable without the table's type or lock.
+    held: Arc<AtomicUsize>,
 }
 
 struct Table<N> {
@@ -84,7 +87,13 @@ impl<N: Clone> Inodes<N> {
                 dirs: HashMap::new(),
                 next_dir: FIRST_DIR,
             }),
+            held: Arc::default(),
         }
+    }
+
+    /// How many inodes the kernel holds, kept current.
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
     }
 
     /// Records one more kernel reference to `node`, found at `found`: a directory by its path,
@@ -127,6 +136,7 @@ impl<N: Clone> Inodes<N> {
                 }
             })
             .lookups += 1;
+        self.held.store(table.inodes.len(), Ordering::Relaxed);
         ino
     }
 
@@ -173,6 +183,7 @@ impl<N: Clone> Inodes<N> {
             if let Some(Held::Dir { place, .. }) = table.inodes.remove(&ino).map(|i| i.held) {
                 table.dirs.remove(&place);
             }
+            self.held.store(table.inodes.len(), Ordering::Relaxed);
         }
     }
 }

@@ -86,6 +86,8 @@ pub struct Options {
 /// A mounted view; [`Mounted::unmount`] (or drop) ends it.
 pub struct Mounted {
     mountpoint: std::path::PathBuf,
+    handed: fs::Handed,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     unmounter: fuser::SessionUnmounter,
     notifier: fuser::Notifier,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
@@ -136,6 +138,7 @@ pub fn mount<S: Source>(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let view = View::new(source, options.uid, options.gid);
+    let (handed, held) = (view.handed(), view.held());
     let mut session = fuser::Session::new(view, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     let notifier = session.notifier();
@@ -150,6 +153,8 @@ pub fn mount<S: Source>(
         })?;
     Ok(Mounted {
         mountpoint: mountpoint.to_path_buf(),
+        handed,
+        held,
         unmounter,
         notifier,
         thread: Some(thread),
@@ -158,12 +163,33 @@ pub fn mount<S: Source>(
 }
 
 impl Mounted {
-    /// Tells the kernel a name at the root is gone, so it is not served from its cache.
-    pub fn forget_root(&self, name: &[u8]) {
+    /// How many inodes of the view the kernel holds (looked up and not yet forgotten).
+    pub fn inodes(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tells the kernel to drop every name at the root it was given that `served` no longer
+    /// has, with everything below it: it is then not served from the kernel's cache, and the
+    /// kernel forgets the inodes under it (else it keeps them until memory runs short, and this
+    /// view's table with them). Returns how many it dropped.
+    pub fn forget_gone_roots(&self, served: &[Vec<u8>]) -> usize {
         use std::os::unix::ffi::OsStrExt;
-        let _ = self
-            .notifier
-            .inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::from_bytes(name));
+        let gone: Vec<Vec<u8>> = {
+            let mut handed = self.handed.lock().unwrap();
+            let gone = handed
+                .iter()
+                .filter(|n| !served.contains(n))
+                .cloned()
+                .collect();
+            handed.retain(|n| served.contains(n));
+            gone
+        };
+        for name in &gone {
+            let _ = self
+                .notifier
+                .inval_entry(fuser::INodeNo::ROOT, std::ffi::OsStr::from_bytes(name));
+        }
+        gone.len()
     }
 
     /// Takes the mount off its mountpoint and ends the session, waiting for the kernel a

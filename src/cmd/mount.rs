@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -71,6 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(Server::start(&args)?.wait())
 }
 
+/// How often a daemon expires leases and tells the kernel which trees it no longer serves:
+/// what the kernel holds of trees retired within one tick is what it holds beyond the trees
+/// served (about 100 directory inodes per retired tree of 40 directories, with `path` in a loop).
+const TICK: Duration = Duration::from_millis(100);
+
 /// A running daemon: the live view, its control socket and its FUSE mount.
 pub struct Server {
     dir: PathBuf,
@@ -82,6 +86,8 @@ pub struct Server {
     stop_tx: mpsc::Sender<Stop>,
     stop_rx: mpsc::Receiver<Stop>,
     made: Made,
+    /// Where `status` reads how many inodes the kernel holds of the view.
+    inodes: Arc<std::sync::atomic::AtomicU64>,
     _lock: DaemonLock,
 }
 
@@ -199,6 +205,9 @@ impl Server {
             // decoded beside the new tree); glibc would keep it in their arenas for the
             // daemon's life.
             srcstore::sys::release_free_memory();
+            // From here on threads come and go (one per control connection): they share the
+            // arenas the scan made instead of each making its own.
+            srcstore::sys::limit_allocator_arenas(1);
 
             let warmer = match args.no_warm {
                 true => daemon::Warmer::off(),
@@ -247,6 +256,7 @@ impl Server {
                 stop_tx,
                 stop_rx,
                 made,
+                inodes: handler.inodes(),
                 _lock: lock,
             };
             Ok((server, handler))
@@ -275,18 +285,25 @@ impl Server {
     /// unmounts and cleans up.
     pub fn wait(mut self) -> ExitCode {
         // Meanwhile: expire leases and make the kernel forget names no longer served.
-        let mut served: HashSet<String> = HashSet::new();
         let stop = loop {
-            match self.stop_rx.recv_timeout(Duration::from_millis(500)) {
+            match self.stop_rx.recv_timeout(TICK) {
                 Ok(stop) => break stop,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.live.expire_pins();
-                    let now: HashSet<String> =
-                        self.live.served().iter().map(|s| s.basename()).collect();
-                    for gone in served.difference(&now) {
-                        self.mounted.forget_root(gone.as_bytes());
+                    let served: Vec<Vec<u8>> = self
+                        .live
+                        .served()
+                        .iter()
+                        .map(|s| s.basename().into_bytes())
+                        .collect();
+                    if self.mounted.forget_gone_roots(&served) > 0 {
+                        // What the kernel forgot is freed by now or soon; give it back.
+                        srcstore::sys::release_free_memory();
                     }
-                    served = now;
+                    self.inodes.store(
+                        self.mounted.inodes() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::Signal,
             }

@@ -21,6 +21,8 @@ pub struct LiveHandler {
     warmer: Arc<Warmer>,
     /// The project's compile cache volume, if it has a place (a cache home).
     volume: Option<Volume>,
+    /// How many inodes the kernel holds of the view, as its server last counted.
+    inodes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LiveHandler {
@@ -35,7 +37,13 @@ impl LiveHandler {
             mountpoint,
             warmer: Arc::new(warmer),
             volume,
+            inodes: Arc::default(),
         }
+    }
+
+    /// Where the FUSE server posts how many inodes the kernel holds (shown by `status`).
+    pub fn inodes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inodes.clone()
     }
 }
 
@@ -64,6 +72,10 @@ impl Handler for LiveHandler {
             }
             Request::Status => {
                 let mut status = status(live, mountpoint, self.warmer.listed());
+                status["inodes"] = self
+                    .inodes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .into();
                 if let Some(v) = &self.volume {
                     status["volume"] = v.root().display().to_string().into();
                 }
