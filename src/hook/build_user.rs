@@ -121,12 +121,15 @@ fn among(locked: &[u32], pid: u32, drv: &Path) -> Result<u32, Denied> {
         .and_then(|n| n.split_once('-'))
         .map_or("", |(_, n)| n);
     let dirs = BuildDirs::find(&build_roots(), name, pid);
-    let owners: Vec<u32> = match dirs.latest_of_parent() {
+    let mut owners: Vec<u32> = match dirs.latest_of_parent() {
         Some(dir) => owner(dir).into_iter().collect(),
         None => dirs.named.iter().filter_map(|d| owner(d)).collect(),
     };
-    match owners.iter().filter(|u| idle.contains(u)).collect::<Vec<_>>()[..] {
-        [uid] => Ok(*uid),
+    owners.retain(|u| idle.contains(u));
+    owners.sort_unstable();
+    owners.dedup();
+    match owners[..] {
+        [uid] => Ok(uid),
         _ => Err(Denied(format!(
             "cannot tell which of the build users {idle:?} builds it (its Nix process, pid {pid}, runs several builds at once)"
         ))),
