@@ -120,7 +120,7 @@ fn among(locked: &[u32], pid: u32, drv: &Path) -> Result<u32, Denied> {
         .and_then(|n| n.to_str())
         .and_then(|n| n.split_once('-'))
         .map_or("", |(_, n)| n);
-    let dirs = BuildDirs::find(&build_roots(), name, pid);
+    let dirs = BuildDirs::find(&build_roots(), name, pid)?;
     let mut owners: Vec<u32> = match dirs.latest_of_parent() {
         Some(dir) => owner(dir).into_iter().collect(),
         None => dirs.named.iter().filter_map(|d| owner(d)).collect(),
@@ -146,17 +146,32 @@ struct BuildDirs {
     named: Vec<PathBuf>,
 }
 
+/// How many entries of one directory the hook looks at for build directories: others can fill
+/// `/tmp`, and the hook must answer in bounded time. Past it, it cannot tell, and says so.
+const MAX_ENTRIES: usize = 1 << 16;
+
 impl BuildDirs {
-    fn find(roots: &[PathBuf], name: &str, pid: u32) -> BuildDirs {
+    fn find(roots: &[PathBuf], name: &str, pid: u32) -> Result<BuildDirs, Denied> {
         let mut found = BuildDirs::default();
         for root in roots {
-            for e in fs::read_dir(root).into_iter().flatten().flatten() {
+            for (i, e) in fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .enumerate()
+            {
+                if i == MAX_ENTRIES {
+                    return Err(Denied(format!(
+                        "{}: more than {MAX_ENTRIES} entries to look through for the build's directory",
+                        root.display()
+                    )));
+                }
                 if let Some(n) = e.file_name().to_str() {
                     found.add(root.join(n), n, name, pid);
                 }
             }
         }
-        found
+        Ok(found)
     }
 
     fn add(&mut self, path: PathBuf, entry: &str, name: &str, pid: u32) {
