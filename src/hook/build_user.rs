@@ -235,16 +235,19 @@ fn configured_build_dir() -> Option<PathBuf> {
 }
 
 /// Who owns the build directory `dir`: the directory's owner, or since Nix 2.18.5, where it is
-/// root's, the owner of `build` inside it. Never through a symlink.
+/// root's, the owner of `build` inside it. The directory is opened once, no symlink followed,
+/// and `build` is looked at beneath that descriptor: others may write where it sits (`/tmp`).
 fn owner(dir: &Path) -> Option<u32> {
-    let m = fs::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;
-    if m.uid() != 0 {
-        return Some(m.uid());
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::empty()).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if st.st_uid != 0 {
+        return Some(st.st_uid);
     }
-    let m = fs::symlink_metadata(dir.join("build"))
-        .ok()
-        .filter(|m| m.is_dir())?;
-    (m.uid() != 0).then_some(m.uid())
+    let st = rustix::fs::statat(&fd, "build", AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_uid != 0)
+        .then_some(st.st_uid)
 }
 
 /// Every uid a process on the machine runs with.
