@@ -406,10 +406,7 @@ fn a_socket_served_by_another_user_is_never_written_to() {
 /// Runs `srcstore nix hook <drv> <chroot>` directly; its output and pid.
 fn run_hook(sb: &Sandbox, drv: &Path) -> (std::process::Output, u32) {
     let child = sb
-        .cmd()
-        .args(["nix", "hook"])
-        .arg(drv)
-        .arg(sb.path("no-such-chroot"))
+        .hook(drv)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -449,6 +446,7 @@ fn the_hook_run_by_hand_on_a_symlink_prints_no_sandbox_path() {
             && block.contains(&format!("{}=/", real.snapshot().display())),
         "{block}"
     );
+    sb.end_builds();
 
     let named = view.snapshot();
     let (drv, _) = derivation(&nix, named.to_str().unwrap());

@@ -41,8 +41,8 @@ fn in_private_namespace(test: &str) -> bool {
         .env("REVIEW_FINDINGS_INNER", test)
         .output()
         .unwrap();
-    // The body's hook runs left stagings of builds whose chroot never existed: one more run,
-    // for a derivation naming nothing, sweeps them.
+    // The body's hook runs left stagings of builds whose chroots went with its sandbox: one
+    // more run, for a derivation naming nothing, sweeps them.
     let sb = Sandbox::new();
     let plain = drv_naming(
         &sb,
@@ -80,10 +80,7 @@ fn drv_naming(sb: &Sandbox, name: &str, src: &str) -> PathBuf {
 
 /// The hook as Nix runs it, as root; the running child.
 fn spawn_hook(sb: &Sandbox, drv: &Path) -> Child {
-    sb.cmd()
-        .args(["nix", "hook"])
-        .arg(drv)
-        .arg(sb.path("no-such-chroot"))
+    sb.hook(drv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -113,8 +113,9 @@ impl Staging {
             Some(c) => format!("chroot {}\n", c.display()),
             None => format!("until {}\n", (now + lease).as_secs()),
         };
-        let mut f = fs::File::create_new(dir.join("build"))?;
-        f.write_all(record.as_bytes())?;
+        // Whole or absent: a concurrent sweep reading half a chroot's path would find no such
+        // directory and take this staging for a finished build's.
+        crate::atomic::write_whole(&dir.join("build"), record.as_bytes())?;
         Ok(Staging { dir, slots: 0 })
     }
 
@@ -233,7 +234,7 @@ pub fn sweep(all: bool) -> std::io::Result<usize> {
 }
 
 fn is_over(dir: &Path) -> bool {
-    // A record not yet written (or not yet whole: it is written after it is made) is a hook's
+    // A record not yet written (it is written whole, after the directory is made) is a hook's
     // still at work, until the grace runs out.
     let record = fs::read_to_string(dir.join("build")).unwrap_or_default();
     let record = record.trim_end();

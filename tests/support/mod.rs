@@ -69,6 +69,24 @@ impl Sandbox {
         c
     }
 
+    /// `srcstore nix hook <drv> <chroot>` as Nix runs it, for a build of its own whose chroot
+    /// exists until [`Sandbox::end_builds`]: a concurrent hook run sweeps the staging of a build
+    /// whose chroot is gone, so one that never existed could vanish mid-staging.
+    pub fn hook(&self, drv: &Path) -> Command {
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chroot = self.path("chroots").join(n.to_string());
+        fs::create_dir_all(&chroot).unwrap();
+        let mut c = self.cmd();
+        c.args(["nix", "hook"]).arg(drv).arg(chroot);
+        c
+    }
+
+    /// Removes the chroots [`Sandbox::hook`] named: those builds are over.
+    pub fn end_builds(&self) {
+        fs::remove_dir_all(self.path("chroots")).unwrap();
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
