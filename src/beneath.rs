@@ -151,6 +151,11 @@ impl Tree {
         &self.path
     }
 
+    /// The root's descriptor, for making entries beneath it.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// The directory `name` right below the root, as a tree of its own.
     pub fn subtree(&self, name: &str) -> io::Result<Tree> {
         let path = self.path.join(name);

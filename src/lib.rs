@@ -30,6 +30,7 @@ pub mod nix;
 pub mod nixhash;
 mod scan;
 mod snapshot;
+pub mod store;
 pub mod sys;
 pub mod tree;
 mod worktree;

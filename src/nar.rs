@@ -11,17 +11,14 @@
 //! [`nar_info`] reads on one thread and runs SHA-256 on another, so reading, the proof and the
 //! hash overlap.
 
-use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::tree::{File, Node};
-use crate::worktree::read;
-use crate::worktree::verify::{self, Out, Unproven};
+use crate::tree::Node;
+use crate::worktree::cursor::Cursor;
+use crate::worktree::verify::Out;
 use crate::{Error, Snapshot};
 
 /// A NAR's SHA-256 and length.
@@ -82,9 +79,7 @@ pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error>
 fn write_into(snapshot: &Snapshot, out: &mut impl Out) -> Result<(), Error> {
     let mut w = NarWriter {
         out,
-        snapshot,
-        path: snapshot.prefix().to_vec(),
-        dirs: Vec::new(),
+        at: Cursor::new(snapshot),
     };
     w.str(b"nix-archive-1")?;
     w.node(snapshot.tree())
@@ -153,44 +148,69 @@ impl Out for Chunks {
 
 struct NarWriter<'a, S> {
     out: &'a mut S,
-    snapshot: &'a Snapshot,
-    /// Path of the node being written below the project directory.
-    path: Vec<u8>,
-    /// The directories being written, open (the innermost last).
-    dirs: Vec<OwnedFd>,
+    at: Cursor<'a>,
 }
 
 fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 
+/// Puts a NAR string: its length, its bytes, and the zeros that pad it to a multiple of eight.
+fn put_str<E>(s: &[u8], put: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    put(&(s.len() as u64).to_le_bytes())?;
+    put(s)?;
+    put(&[0; 8][..padding(s.len() as u64)])
+}
+
+/// The SHA-256 of one regular file's NAR: the name Nix gives the file's copy in the store's
+/// `.links` directory, and so the key of a blob there.
+pub struct FileNarHash {
+    sha: Sha256,
+    size: u64,
+}
+
+impl FileNarHash {
+    /// For a file of `size` bytes; its bytes follow, through [`Out`] or [`FileNarHash::update`].
+    pub fn new(executable: bool, size: u64) -> Self {
+        let mut sha = Sha256::new();
+        let mut put = |b: &[u8]| -> Result<(), ()> {
+            sha.update(b);
+            Ok(())
+        };
+        let mut head: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"regular"];
+        if executable {
+            head.extend([b"executable" as &[u8], b""]);
+        }
+        head.push(b"contents");
+        for s in head {
+            let _ = put_str(s, &mut put);
+        }
+        sha.update(size.to_le_bytes());
+        FileNarHash { sha, size }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+    }
+
+    /// The hash, once every byte went through [`FileNarHash::update`].
+    pub fn finish(mut self) -> [u8; 32] {
+        self.sha.update(&[0; 8][..padding(self.size)]);
+        let _ = put_str(b")", &mut |b: &[u8]| -> Result<(), ()> {
+            self.sha.update(b);
+            Ok(())
+        });
+        self.sha.finalize().into()
+    }
+}
+
 impl<S: Out> NarWriter<'_, S> {
-    fn io(&self, e: io::Error) -> Error {
-        Error::io(self.abs_path(), e)
-    }
-
-    fn abs_path(&self) -> std::path::PathBuf {
-        self.snapshot.dir().join(OsStr::from_bytes(&self.path))
-    }
-
     fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.out.put(bytes).map_err(|e| self.io(e))
+        self.out.put(bytes).map_err(|e| self.at.io(e))
     }
 
     fn str(&mut self, s: &[u8]) -> Result<(), Error> {
-        self.raw(&(s.len() as u64).to_le_bytes())?;
-        self.raw(s)?;
-        self.raw(&[0; 8][..padding(s.len() as u64)])
-    }
-
-    /// The directory `self.path` is in, and its name there; at the top of the snapshot, the
-    /// project root and the whole prefix.
-    fn place(&self) -> (BorrowedFd<'_>, &[u8]) {
-        match self.dirs.last() {
-            Some(dir) => (dir.as_fd(), super::scan::split(&self.path).1),
-            None if self.path.is_empty() => (self.snapshot.root().fd(), b"."),
-            None => (self.snapshot.root().fd(), &self.path),
-        }
+        put_str(s, &mut |b| self.raw(b))
     }
 
     fn node(&mut self, node: &Node) -> Result<(), Error> {
@@ -210,44 +230,26 @@ impl<S: Out> NarWriter<'_, S> {
                 }
                 self.str(b"contents")?;
                 self.raw(&f.size().to_le_bytes())?;
-                self.contents(f)?;
+                self.at.contents(f, &mut *self.out)?;
                 self.raw(&[0; 8][..padding(f.size())])?;
             }
             Node::Dir(d) => {
                 self.str(b"directory")?;
-                let (parent, name) = self.place();
-                let fd = read::open_dir_at(parent, name).map_err(|e| self.io(e))?;
-                self.dirs.push(fd);
+                self.at.open_dir()?;
                 for e in d.entries.iter() {
                     self.str(b"entry")?;
                     self.str(b"(")?;
                     self.str(b"name")?;
                     self.str(&e.name)?;
                     self.str(b"node")?;
-                    let len = self.path.len();
-                    if len > 0 {
-                        self.path.push(b'/');
-                    }
-                    self.path.extend_from_slice(&e.name);
+                    let back = self.at.enter(&e.name);
                     self.node(&e.node)?;
-                    self.path.truncate(len);
+                    self.at.leave(back);
                     self.str(b")")?;
                 }
-                self.dirs.pop();
+                self.at.close_dir();
             }
         }
         self.str(b")")
-    }
-
-    /// Copies a file's bytes, proven to be the snapshot's (see the module docs).
-    fn contents(&mut self, f: &File) -> Result<(), Error> {
-        let unproven = |w: &Self, e| match e {
-            Unproven::Io(e) => w.io(e),
-            Unproven::Stale | Unproven::Torn => Error::Stale { path: w.abs_path() },
-        };
-        let (dir, name) = self.place();
-        let (file, stamp) = verify::open_backing(dir, name).map_err(|e| unproven(self, e))?;
-        verify::prove(&file, stamp, f, 0..f.size(), None, &mut *self.out)
-            .map_err(|e| unproven(self, e))
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use srcstore::daemon::{self, paths, prepare_mountpoint, DaemonLock, StartError};
 use srcstore::live::{Config, Live, Stopped};
+use srcstore::store::Publisher;
 use srcstore::{index, Filter};
 
 #[derive(clap::Args, Clone)]
@@ -41,11 +42,15 @@ pub struct Args {
     /// and for `watch`): the build then pays for each new directory itself.
     #[arg(long)]
     no_warm: bool,
+    /// Publish snapshots to the Nix store on demand (`srcstore path --store`), as the valid
+    /// /nix/store/<h>-source paths `nix-store --add` would make, copying only new bytes. Root.
+    #[arg(long)]
+    store: bool,
 }
 
 impl Args {
     /// The daemon `srcstore watch` starts for a project that has none.
-    pub fn for_watch(dir: &Path, allow_other: bool) -> Args {
+    pub fn for_watch(dir: &Path, allow_other: bool, store: bool) -> Args {
         Args {
             dir: dir.to_path_buf(),
             mountpoint: None,
@@ -56,6 +61,7 @@ impl Args {
             settle_ms: 10,
             threads: 2,
             no_warm: false,
+            store,
         }
     }
 }
@@ -88,6 +94,7 @@ pub struct Server {
     made: Made,
     /// Where `status` reads how many inodes the kernel holds of the view.
     inodes: Arc<std::sync::atomic::AtomicU64>,
+    publisher: Option<Arc<Publisher>>,
     _lock: DaemonLock,
 }
 
@@ -146,6 +153,18 @@ impl Server {
                 e @ StartError::AlreadyServed { .. } => super::exit::refused(e),
                 e => e.into(),
             })?;
+        let publisher = match args.store {
+            true => Some(Arc::new(
+                Publisher::open(&dir, rustix::process::geteuid().as_raw(), &|what| {
+                    tracing::info!("{what}")
+                })
+                .map_err(|e| match e {
+                    e @ srcstore::store::StoreError::NotRoot => super::exit::refused(e),
+                    e => e.into(),
+                })?,
+            )),
+            false => None,
+        };
         check_allow_other(args.allow_other)?;
         check_fuse()?;
         let mut made = Made::default();
@@ -219,7 +238,11 @@ impl Server {
                 warmer,
                 paths::cache_home()
                     .map(|home| srcstore::cache::Volume::at(paths::volume_path(&home, &dir))),
+                publisher.clone(),
             ));
+            if let Some(publisher) = &publisher {
+                publish_first(publisher.clone(), live.clone());
+            }
 
             let options = srcstore_fuse::Options {
                 allow_other: args.allow_other,
@@ -257,6 +280,7 @@ impl Server {
                 stop_rx,
                 made,
                 inodes: handler.inodes(),
+                publisher,
                 _lock: lock,
             };
             Ok((server, handler))
@@ -309,6 +333,9 @@ impl Server {
             }
         };
         self.made.socket_gone();
+        if let Some(p) = &self.publisher {
+            p.release();
+        }
         let code = match stop {
             Stop::Signal | Stop::Unmounted => {
                 save_index(
@@ -341,6 +368,28 @@ impl Server {
         }
         code
     }
+}
+
+/// Publishes the first snapshot in the background: the copy of every file the store lacks is
+/// made once, before the first `path --store` asks (which waits for it).
+fn publish_first(publisher: Arc<Publisher>, live: Arc<Live>) {
+    let _ = std::thread::Builder::new()
+        .name("srcstore-publish".into())
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            match publisher.publish(&live.current(), &|what| tracing::info!("{what}")) {
+                Ok(p) => tracing::info!(
+                    "published {} in {:.2}s{}",
+                    p.path,
+                    start.elapsed().as_secs_f64(),
+                    p.made.map_or_else(String::new, |m| format!(
+                        " ({} files linked, {} copied, {} bytes)",
+                        m.linked, m.copied, m.copied_bytes
+                    ))
+                ),
+                Err(e) => tracing::warn!("cannot publish: {e}"),
+            }
+        });
 }
 
 fn forward<T: Send + 'static>(rx: mpsc::Receiver<T>, tx: mpsc::Sender<Stop>, wrap: fn(T) -> Stop) {

@@ -13,6 +13,10 @@ pub struct Args {
     /// by its own hash: edits elsewhere in the project leave its path unchanged.
     #[arg(long)]
     sub: Option<String>,
+    /// Publish the snapshot as the valid store path `nix-store --add` would give it,
+    /// /nix/store/<h>-source, and print that (the daemon must run with `mount --store`).
+    #[arg(long)]
+    store: bool,
 }
 
 /// How long an answer may take before `path` says on stderr what it waits for.
@@ -44,7 +48,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             wait = Duration::from_secs(5);
         }
     });
-    let result = super::daemon::ask(args.dir.as_deref(), Request::Path { sub: args.sub });
+    let result = super::daemon::ask(
+        args.dir.as_deref(),
+        Request::Path {
+            sub: args.sub,
+            store: args.store,
+        },
+    );
     drop(answered);
     let (_, response) = result?;
     println!("{}", response.path.unwrap_or_default());

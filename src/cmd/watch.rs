@@ -18,6 +18,10 @@ pub struct Args {
     /// more run.
     #[arg(long)]
     restart: bool,
+    /// Run on the snapshot published as its /nix/store/<h>-source path (`{}` is that path):
+    /// `srcstore watch --store -- nix build 'path:{}'`.
+    #[arg(long)]
+    store: bool,
     /// How long saves must pause before a run starts, in milliseconds.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -41,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = super::daemon::runtime_dir(false)?;
     let in_process = match paths::find_project(&runtime, &dir) {
         Some(_) => None,
-        None => Some(start_daemon(&dir)?),
+        None => Some(start_daemon(&dir, args.store)?),
     };
     let result = watch(&args, &dir);
     if let Some((stop, thread)) = in_process {
@@ -52,11 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A daemon for `dir` in this process, for as long as the watch runs.
-fn start_daemon(dir: &Path) -> anyhow::Result<(impl Fn(), std::thread::JoinHandle<ExitCode>)> {
+fn start_daemon(
+    dir: &Path,
+    store: bool,
+) -> anyhow::Result<(impl Fn(), std::thread::JoinHandle<ExitCode>)> {
     let allow_other = rustix::process::geteuid().is_root()
         || std::fs::read_to_string("/etc/fuse.conf")
             .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other"));
-    let args = super::mount::Args::for_watch(dir, allow_other);
+    let args = super::mount::Args::for_watch(dir, allow_other, store);
     let server = super::mount::Server::start(&args)?;
     let stop = server.stopper();
     Ok((stop, std::thread::spawn(move || server.wait())))
@@ -92,8 +99,17 @@ fn watch(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
 
     let mut runs = 0;
     loop {
-        let (_, answer) = super::daemon::ask(Some(dir), Request::Path { sub: None })?;
-        let path = answer.path.unwrap_or_default();
+        let ask = |store| {
+            super::daemon::ask(Some(dir), Request::Path { sub: None, store })
+                .map(|(_, answer)| answer.path.unwrap_or_default())
+        };
+        // The view's path tells a new snapshot from this one; the store's is what the command
+        // gets, with `--store`.
+        let path = ask(false)?;
+        let source = match args.store {
+            true => ask(true)?,
+            false => path.clone(),
+        };
         let basename = Path::new(&path)
             .file_name()
             .unwrap_or_default()
@@ -102,7 +118,7 @@ fn watch(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         let pin = pin(&socket, &basename);
         runs += 1;
         let started = Instant::now();
-        let mut child = spawn(&args.command, &path)?;
+        let mut child = spawn(&args.command, &source)?;
         let mut pending = false;
         let mut interrupted = false;
         let status = loop {

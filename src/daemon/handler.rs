@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{Handler, Request, Response, Warmer};
 use crate::cache::Volume;
 use crate::live::{Event as LiveEvent, Live};
+use crate::store::Publisher;
 
 /// How long `path` waits for the watcher to see its cookie.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +24,8 @@ pub struct LiveHandler {
     volume: Option<Volume>,
     /// How many inodes the kernel holds of the view, as its server last counted.
     inodes: Arc<std::sync::atomic::AtomicU64>,
+    /// Publishes snapshots to the Nix store, for a daemon in store mode.
+    publisher: Option<Arc<Publisher>>,
 }
 
 impl LiveHandler {
@@ -31,6 +34,7 @@ impl LiveHandler {
         mountpoint: PathBuf,
         warmer: Warmer,
         volume: Option<Volume>,
+        publisher: Option<Arc<Publisher>>,
     ) -> Self {
         LiveHandler {
             live,
@@ -38,6 +42,7 @@ impl LiveHandler {
             warmer: Arc::new(warmer),
             volume,
             inodes: Arc::default(),
+            publisher,
         }
     }
 
@@ -52,11 +57,14 @@ impl Handler for LiveHandler {
         let (live, mountpoint) = (&self.live, &self.mountpoint);
         let ok = |r: Response| Response { ok: true, ..r };
         match request {
-            Request::Path { sub } => {
-                let snapshot = match sub {
-                    Some(rel) => live.sync_subtree(&rel, SYNC_TIMEOUT),
-                    None => live.sync(SYNC_TIMEOUT),
-                };
+            Request::Path { sub, store: true } => match &self.publisher {
+                None => Response::error(
+                    "this daemon does not publish to the Nix store: restart it with `srcstore mount --store`",
+                ),
+                Some(publisher) => publish(live, publisher, sub.as_deref()),
+            },
+            Request::Path { sub, store: false } => {
+                let snapshot = sync(live, sub.as_deref());
                 match snapshot {
                     Ok(s) => {
                         let path = mountpoint.join(s.basename());
@@ -149,6 +157,51 @@ impl Handler for LiveHandler {
             }
         });
         rx
+    }
+}
+
+/// The current snapshot (of the subtree `sub`), with every change made before the request.
+fn sync(live: &Live, sub: Option<&str>) -> Result<crate::Snapshot, crate::live::SyncError> {
+    match sub {
+        Some(rel) => live.sync_subtree(rel, SYNC_TIMEOUT),
+        None => live.sync(SYNC_TIMEOUT),
+    }
+}
+
+/// How many times a publication starts again from a newer snapshot when a file changed while
+/// its bytes were copied.
+const PUBLISH_TRIES: usize = 3;
+
+/// Publishes the current snapshot (of the subtree `sub`): the answer with its store path, or
+/// the one that says why not.
+fn publish(live: &Live, publisher: &Publisher, sub: Option<&str>) -> Response {
+    let mut tries = 0;
+    loop {
+        let snapshot = match sync(live, sub) {
+            Ok(s) => s,
+            Err(e) if e.is_failure() => return Response::failed(e.to_string()),
+            Err(e) => return Response::error(e.to_string()),
+        };
+        match publisher.publish(&snapshot, &|what| tracing::info!("{what}")) {
+            Ok(p) => {
+                if let Some(made) = p.made {
+                    tracing::info!(
+                        "published {} ({} files linked, {} copied, {} bytes)",
+                        p.path,
+                        made.linked,
+                        made.copied,
+                        made.copied_bytes
+                    );
+                }
+                return Response {
+                    ok: true,
+                    path: Some(p.path),
+                    ..Default::default()
+                };
+            }
+            Err(e) if e.is_stale() && tries + 1 < PUBLISH_TRIES => tries += 1,
+            Err(e) => return Response::failed(e.to_string()),
+        }
     }
 }
 

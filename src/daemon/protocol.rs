@@ -18,10 +18,13 @@ pub struct Envelope<T> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// The current snapshot, including every change made before the request.
+    /// The current snapshot, including every change made before the request; with `store`,
+    /// published as its `/nix/store/<h>-source` path (by a daemon started with `--store`).
     Path {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        store: bool,
     },
     Status,
     /// Keep a served snapshot until unpinned, the lease runs out, or `until_gone` (a path)
@@ -126,7 +129,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(br#"{"v":1,"op":"path","sub":"pkg/foo"}"#),
-            Ok(Request::Path { sub: Some(s) }) if s == "pkg/foo"
+            Ok(Request::Path {
+                sub: Some(s),
+                store: false,
+            }) if s == "pkg/foo"
         ));
         let r = parse(br#"{"v":2,"op":"status"}"#).unwrap_err();
         assert!(r.error.unwrap().contains("version 2"));

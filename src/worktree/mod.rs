@@ -6,7 +6,11 @@
 //! - `verify`: the one proof of bytes, by content, for everything that leaves srcstore (a FUSE
 //!   read, a NAR's file contents).
 //!
-//! Everything else reaches project files through these two.
+//! - `cursor`: a depth-first walk of a snapshot over the project's directories, handing on
+//!   each file's bytes through that proof.
+//!
+//! Everything else reaches project files through these.
 
+pub(crate) mod cursor;
 pub(crate) mod read;
 pub(crate) mod verify;

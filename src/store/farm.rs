@@ -1,0 +1,185 @@
+//! A snapshot made into a store path: real directories and symlinks, and files hard-linked
+//! from the blobs in `.links`, every one with the metadata Nix gives a store path (files 0444
+//! or 0555, directories 0555, mtime 1, owned by root). Only a file whose content the store has
+//! no blob of is copied, its bytes proven to be the snapshot's as they are copied, and then
+//! becomes a blob itself.
+//!
+//! Everything is made beneath a descriptor of the store directory, one component at a time:
+//! `mkdirat`, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)`, `symlinkat`, `linkat` with no flag (a
+//! link is never followed), so nothing another user put in the store can redirect a write.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::blobs::Blobs;
+use crate::nar::FileNarHash;
+use crate::tree::{File, Node};
+use crate::worktree::cursor::Cursor;
+use crate::worktree::verify::Out;
+use crate::{Error, Snapshot};
+
+/// What making a path took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Made {
+    /// Files hard-linked from a blob the store had.
+    pub linked: u64,
+    /// Files copied, and their bytes.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    pub dirs: u64,
+}
+
+pub(super) struct Farm<'a> {
+    at: Cursor<'a>,
+    links: BorrowedFd<'a>,
+    blobs: &'a mut Blobs,
+    made: Made,
+    buf: Vec<u8>,
+}
+
+/// Nix's timestamp for everything in the store.
+const ONE: Timestamps = Timestamps {
+    last_access: Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    },
+    last_modification: Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    },
+};
+
+/// Makes `snapshot` as the entry `name` of the store directory `store`, linking from and adding
+/// to the blobs in `links`. On an error, what was made is left for the caller to remove.
+pub(super) fn make(
+    snapshot: &Snapshot,
+    store: BorrowedFd<'_>,
+    name: &str,
+    links: BorrowedFd<'_>,
+    blobs: &mut Blobs,
+) -> Result<Made, Error> {
+    let mut farm = Farm {
+        at: Cursor::new(snapshot),
+        links,
+        blobs,
+        made: Made::default(),
+        buf: vec![0; 256 << 10],
+    };
+    farm.node(snapshot.tree(), store, name.as_bytes())?;
+    Ok(farm.made)
+}
+
+impl Farm<'_> {
+    fn node(&mut self, node: &Node, parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Error> {
+        let io = |e: Errno| self.at.io(e.into());
+        match node {
+            Node::Symlink(s) => {
+                rustix::fs::symlinkat(s.target.as_ref(), parent, name).map_err(io)?;
+                rustix::fs::utimensat(parent, name, &ONE, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+            }
+            Node::File(f) => self.file(f, parent, name)?,
+            Node::Dir(d) => {
+                rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)).map_err(io)?;
+                let dir = rustix::fs::openat(
+                    parent,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io)?;
+                self.at.open_dir()?;
+                for e in d.entries.iter() {
+                    let back = self.at.enter(&e.name);
+                    self.node(&e.node, dir.as_fd(), &e.name)?;
+                    self.at.leave(back);
+                }
+                self.at.close_dir();
+                let io = |e: Errno| self.at.io(e.into());
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o555)).map_err(io)?;
+                rustix::fs::futimens(&dir, &ONE).map_err(io)?;
+                self.made.dirs += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, f: &File, parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Error> {
+        if let Some(blob) = self.blobs.name(&f.content, f.executable()) {
+            match rustix::fs::linkat(self.links, blob.as_str(), parent, name, AtFlags::empty()) {
+                Ok(()) => {
+                    self.made.linked += 1;
+                    return Ok(());
+                }
+                // The collector took the blob (no path linked to it), or it has as many links
+                // as the filesystem allows: a copy of its own.
+                Err(Errno::NOENT | Errno::MLINK) => {}
+                Err(e) => return Err(self.at.io(e.into())),
+            }
+        }
+        let io = |e: io::Error| self.at.io(e);
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io(e.into()))?;
+        let mut copy = Copy {
+            file: fs::File::from(fd),
+            buf: std::mem::take(&mut self.buf),
+            nar: FileNarHash::new(f.executable(), f.size()),
+        };
+        let copied = self.at.contents(f, &mut copy);
+        self.buf = std::mem::take(&mut copy.buf);
+        copied?;
+        let mode = if f.executable() { 0o555 } else { 0o444 };
+        rustix::fs::fchmod(&copy.file, Mode::from_raw_mode(mode)).map_err(|e| io(e.into()))?;
+        rustix::fs::futimens(&copy.file, &ONE).map_err(|e| io(e.into()))?;
+        self.made.copied += 1;
+        self.made.copied_bytes += f.size();
+        let nar = copy.nar.finish();
+        let blob = crate::nixhash::base32(&nar);
+        match rustix::fs::linkat(parent, name, self.links, blob.as_str(), AtFlags::empty()) {
+            // Already there (Nix's optimiser, or a copy made when a blob was full): the name
+            // says it holds these bytes all the same.
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(Errno::MLINK) => return Ok(()),
+            Err(e) => return Err(io(e.into())),
+        }
+        self.blobs
+            .insert(f.content, f.executable(), nar)
+            .map_err(|e| Error::io(std::path::PathBuf::from(".links"), e))
+    }
+}
+
+/// A new file in the store, and the NAR hash that will name it as a blob.
+struct Copy {
+    file: fs::File,
+    buf: Vec<u8>,
+    nar: FileNarHash,
+}
+
+impl Out for Copy {
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        Ok(&mut self.buf)
+    }
+
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.nar.update(&self.buf[..n]);
+        self.file.write_all(&self.buf[..n])
+    }
+}
+
+/// Opens `name` below `dir` as a directory, never through a link.
+pub(super) fn open_dir(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}

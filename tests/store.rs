@@ -1,0 +1,419 @@
+//! Store mode with root's daemon: a snapshot published as the valid, content-addressed
+//! `/nix/store/<h>-source` path, as real Nix sees it.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{busybox_store_path, stderr, write, Daemon, Sandbox};
+
+/// A file only this test's project has, so that its paths are its own (a path another test or
+/// an earlier run published is valid already, and nothing is made).
+fn unique(sb: &Sandbox, project: &Path) {
+    write(&project.join("unique"), sb.dir.path().to_str().unwrap());
+}
+
+/// A project of a few files, an executable and a symlink.
+fn project(sb: &Sandbox) -> PathBuf {
+    let p = sb.path("proj");
+    unique(sb, &p);
+    write(&p.join("a.txt"), "hello\n");
+    write(&p.join("sub/run"), "#!/bin/sh\necho hi\n");
+    support::chmod(&p.join("sub/run"), 0o755);
+    write(&p.join("sub/deep/data"), vec![7u8; 200_000]);
+    std::os::unix::fs::symlink("a.txt", p.join("link")).unwrap();
+    write(&p.join(".gitignore"), "ignored\n");
+    write(&p.join("ignored"), "not in the snapshot\n");
+    p
+}
+
+fn publish(sb: &Sandbox, project: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["path", "--store"];
+    args.extend_from_slice(extra);
+    args.push(project.to_str().unwrap());
+    sb.ok(&args).trim().to_owned()
+}
+
+/// The path Nix itself gives `dir` filtered as srcstore filters it: `builtins.path` named
+/// `source`, with the project's ignore rules applied by srcstore's own `hash --nix`.
+fn nix_would_give(sb: &Sandbox, dir: &Path) -> String {
+    let v = sb.json(&["--nix", "--name", "source", dir.to_str().unwrap()]);
+    v["store_path"].as_str().unwrap().to_owned()
+}
+
+fn nix(args: &[&str]) -> std::process::Output {
+    Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command flakes"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn verify_path(path: &str) {
+    let out = Command::new("nix-store")
+        .args(["--verify-path", path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{path}: {}", stderr(&out));
+}
+
+fn ino(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(path).unwrap())
+}
+
+#[test]
+fn a_published_snapshot_is_the_source_path_nix_gives_the_tree_and_nix_verifies_it() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    assert_eq!(path, nix_would_give(&sb, &p));
+    assert!(path.ends_with("-source"), "{path}");
+    // With --no-ignore Nix's own builtins.path gives the same path for the same files.
+    let whole = sb.path("whole");
+    Command::new("cp")
+        .arg("-a")
+        .arg(&p)
+        .arg(&whole)
+        .status()
+        .unwrap();
+    fs::remove_file(whole.join("ignored")).unwrap();
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "-E"])
+        .arg(format!(
+            "builtins.path {{ path = {}; name = \"source\"; }}",
+            whole.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("\"{path}\""),
+        "{}",
+        stderr(&out)
+    );
+    verify_path(&path);
+    let out = Command::new("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = nix(&["path-info", "--json", &path]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    // A list before 2.19, an object keyed by path after.
+    let info = info
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or_else(|| info[&path].clone());
+    assert_eq!(info["references"], serde_json::json!([]), "{info}");
+    let ca = info["ca"].as_str().unwrap_or_default();
+    assert!(ca.starts_with("fixed:r:sha256:"), "{info}");
+    assert_eq!(
+        fs::read_link(Path::new(&path).join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+}
+
+#[test]
+fn a_subtree_is_published_as_a_source_path_of_its_own() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &["--sub", "sub"]);
+    assert_eq!(path, nix_would_give(&sb, &p.join("sub")));
+    verify_path(&path);
+    assert!(Path::new(&path).join("deep/data").is_file());
+}
+
+#[test]
+fn an_edit_makes_a_new_path_that_copies_only_the_edited_file_and_the_old_path_keeps_its_bytes() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let old = publish(&sb, &p, &[]);
+    write(&p.join("a.txt"), "edited\n");
+    let new = publish(&sb, &p, &[]);
+    assert_ne!(old, new);
+    assert_eq!(new, nix_would_give(&sb, &p));
+    assert_eq!(
+        fs::read_to_string(Path::new(&old).join("a.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        fs::read_to_string(Path::new(&new).join("a.txt")).unwrap(),
+        "edited\n"
+    );
+    // The unchanged files are the old path's very inodes (linked, not copied).
+    for f in ["sub/run", "sub/deep/data"] {
+        assert_eq!(
+            ino(&Path::new(&old).join(f)),
+            ino(&Path::new(&new).join(f)),
+            "{f}"
+        );
+    }
+    assert_ne!(
+        ino(&Path::new(&old).join("a.txt")),
+        ino(&Path::new(&new).join("a.txt"))
+    );
+    verify_path(&old);
+    verify_path(&new);
+}
+
+/// A flake whose builder comes from a locked input, building from its own source.
+fn flake_project(sb: &Sandbox, files: usize) -> PathBuf {
+    let p = sb.path("flake");
+    let bb = busybox_store_path();
+    write(
+        &p.join("flake.nix"),
+        format!(
+            r#"{{
+  inputs.bb = {{ url = "path:{bb}"; flake = false; }};
+  outputs = {{ self, bb }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "from-source";
+      system = "x86_64-linux";
+      builder = "${{bb}}/bin/sh";
+      args = [ "-c" "read x < ${{self}}/msg; echo $x > $out" ];
+    }};
+  }};
+}}
+"#
+        ),
+    );
+    write(&p.join("msg"), "first");
+    unique(sb, &p);
+    for i in 0..files {
+        write(&p.join(format!("src/f{i}.txt")), format!("file {i}\n"));
+    }
+    // What a user commits beside flake.nix.
+    let out = nix(&["flake", "lock", p.to_str().unwrap()]);
+    assert!(out.status.success(), "nix flake lock: {}", stderr(&out));
+    assert!(p.join("flake.lock").is_file());
+    p
+}
+
+/// `nix build "path:<path>"`, traced; the output's text and how many of the tree's files
+/// anything opened.
+fn build_flake_traced(sb: &Sandbox, path: &str) -> (String, usize) {
+    let trace = sb.path("trace");
+    let result = sb.path("result");
+    let _ = fs::remove_file(&result);
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+        .arg(&trace)
+        .args([
+            "nix",
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "build",
+            "--out-link",
+        ])
+        .arg(&result)
+        .arg(format!("path:{path}"))
+        .output()
+        .expect("strace is required for these tests (scripts/setup-machine installs it)");
+    assert!(out.status.success(), "nix build: {}", stderr(&out));
+    let opened: std::collections::BTreeSet<String> = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let at = l.find(&format!("{path}/"))?;
+            let rest = &l[at + path.len() + 1..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect();
+    let text = fs::read_to_string(&result).unwrap();
+    (text, opened.len())
+}
+
+#[test]
+fn nix_build_of_a_published_flake_evaluates_purely_and_reads_none_of_the_tree() {
+    let sb = Sandbox::new();
+    let p = flake_project(&sb, 200);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let (text, opened) = build_flake_traced(&sb, &path);
+    assert_eq!(text, "first\n");
+    // flake.nix, flake.lock and the file the build reads: a copy or a hash would open all 204.
+    assert!(opened <= 3, "{opened} of the tree's files were opened");
+
+    write(&p.join("msg"), "second");
+    let path = publish(&sb, &p, &[]);
+    let (text, opened) = build_flake_traced(&sb, &path);
+    assert_eq!(text, "second\n", "the edit shows in the result");
+    assert!(opened <= 3, "{opened} of the tree's files were opened");
+}
+
+#[test]
+fn a_sandboxed_build_takes_a_published_path_through_builtins_store_path() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let nix = support::NixBuild::with_attrs(
+        &sb,
+        "classic",
+        "cat $src/a.txt $src/sub/run > $out",
+        &format!("{{ src = builtins.storePath \"{path}\"; }}"),
+    );
+    let (out, log) = nix.build("unused");
+    let out = out.unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(
+        fs::read_to_string(out).unwrap(),
+        "hello\n#!/bin/sh\necho hi\n"
+    );
+}
+
+#[test]
+fn a_store_that_requires_signatures_accepts_a_published_path_by_its_content_address() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let other = sb.path("other-store");
+    // `require-sigs` is on by default; nothing here turns signature checks off.
+    let out = nix(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--to",
+        other.to_str().unwrap(),
+        &path,
+    ]);
+    assert!(out.status.success(), "nix copy: {}", stderr(&out));
+    let copied = other.join(path.trim_start_matches('/'));
+    assert_eq!(fs::read_to_string(copied.join("a.txt")).unwrap(), "hello\n");
+}
+
+#[test]
+fn an_entry_standing_at_the_path_is_replaced_and_a_symlink_there_is_never_followed() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let expected = nix_would_give(&sb, &p);
+    // Another user of the store (a build with sandbox = false) put a link there first.
+    let target = sb.path("elsewhere");
+    fs::create_dir(&target).unwrap();
+    write(&target.join("keep"), "mine");
+    let _ = fs::remove_file(&expected);
+    std::os::unix::fs::symlink(&target, &expected).unwrap();
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    assert_eq!(path, expected);
+    assert!(fs::symlink_metadata(&path).unwrap().is_dir());
+    verify_path(&path);
+    assert_eq!(fs::read_to_string(target.join("keep")).unwrap(), "mine");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 1);
+}
+
+#[test]
+fn nix_store_optimise_works_beside_published_paths() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let out = Command::new("nix-store")
+        .arg("--optimise")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    verify_path(&path);
+    write(&p.join("a.txt"), "after optimise\n");
+    let new = publish(&sb, &p, &[]);
+    verify_path(&new);
+}
+
+#[test]
+fn store_mode_for_a_user_who_is_not_root_is_refused_in_one_line() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    support::chmod(sb.dir.path(), 0o755);
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=srcstore-dev",
+            "--regid=srcstore-dev",
+            "--init-groups",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", "/home/srcstore-dev")
+        .arg(support::srcstore_bin())
+        .args(["mount", "--store", "--mountpoint"])
+        .arg(sb.path("mnt-dev"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("only root may"), "{err}");
+}
+
+#[test]
+fn path_store_from_a_daemon_without_store_mode_says_how_to_start_one() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &[]);
+    let out = sb.run(&["path", "--store", p.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("mount --store"), "{err}");
+}
+
+#[test]
+fn a_daemon_killed_mid_publication_leaves_nothing_valid_and_wrong_and_the_next_start_repairs() {
+    let sb = Sandbox::new();
+    let p = sb.path("big");
+    unique(&sb, &p);
+    for i in 0..3000 {
+        write(
+            &p.join(format!("d{}/f{i}", i % 30)),
+            format!("{i}").repeat(3000),
+        );
+    }
+    let path = nix_would_give(&sb, &p);
+    let journal = Path::new("/nix/var/srcstore/publishing").join(&path[11..]);
+    let mut d = Daemon::start(&sb, &p, &["--store"]);
+    // The first publication runs in the background from the start: kill it mid-way.
+    let mut seen = false;
+    for _ in 0..5000 {
+        if journal.exists() {
+            d.stop_with("-KILL");
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(
+        seen,
+        "the publication was never seen under way: {}",
+        d.log_text()
+    );
+    support::detach(&d.mountpoint);
+    // Never valid and wrong: invalid (half made), or valid and whole.
+    if valid(&path) {
+        verify_path(&path);
+    }
+    let d2 = Daemon::start(&sb, &p, &["--store"]);
+    let again = publish(&sb, &p, &[]);
+    assert_eq!(again, path);
+    verify_path(&again);
+    let log = d2.log_text();
+    assert!(
+        log.contains(&format!("{path}: removed, left half-made"))
+            || log.contains(&format!("{path}: published whole")),
+        "the restart did not say what it repaired: {log}"
+    );
+}
