@@ -36,6 +36,9 @@ enum Command {
     /// The project's compile cache volume: stats, clear, gc.
     #[command(subcommand)]
     Cache(cmd::cache::Cache),
+    /// Store mode's published paths: status, gc, repair (root).
+    #[command(subcommand)]
+    Store(cmd::store::Store),
     /// A GOCACHEPROG program: Go's build cache, every object checked against its OutputID.
     Gocacheprog(cmd::gocacheprog::Args),
     /// A systemd user unit that keeps the project's daemon running.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => cmd::watch::run(args),
         Command::Service(cmd) => cmd::service::run(cmd),
         Command::Cache(cmd) => cmd::cache::run(cmd),
+        Command::Store(cmd) => cmd::store::run(cmd),
         Command::Gocacheprog(args) => cmd::gocacheprog::run(args),
         Command::Completions(args) => cmd::completions::run(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),

@@ -10,5 +10,6 @@ pub mod path;
 pub mod service;
 mod setup;
 pub mod status;
+pub mod store;
 mod view;
 pub mod watch;

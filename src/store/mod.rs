@@ -105,11 +105,7 @@ impl Publisher {
     /// The publisher for the project at `dir` owned by `owner`. Repairs what a publication
     /// that died left (each repair said through `say`) and releases a previous daemon's roots.
     pub fn open(dir: &Path, owner: u32, say: &dyn Fn(&str)) -> Result<Publisher, StoreError> {
-        if !rustix::process::geteuid().is_root() {
-            return Err(StoreError::NotRoot);
-        }
-        let records = Records::open(Path::new(RECORDS))?;
-        let store = crate::beneath::Tree::open(Path::new(STORE_DIR))?;
+        let (records, store) = open_records()?;
         for line in records.repair(&store)? {
             say(&line);
         }
@@ -200,6 +196,77 @@ impl Publisher {
     pub fn release(&self) {
         let _ = self.records.release(&self.project);
     }
+}
+
+/// What `srcstore store gc` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Collected {
+    /// Published paths no daemon roots any more, deleted through Nix.
+    pub deleted: usize,
+    /// Such paths Nix kept: something still uses them (a referrer, a build's temporary root).
+    pub kept_alive: usize,
+    /// Records of paths Nix had collected, forgotten.
+    pub forgotten: usize,
+    /// What the repair that comes first did, one line each.
+    pub repaired: Vec<String>,
+}
+
+/// Opens srcstore's records and the store as root must.
+fn open_records() -> Result<(Records, crate::beneath::Tree), StoreError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(StoreError::NotRoot);
+    }
+    let records = Records::open(Path::new(RECORDS))?;
+    let store = crate::beneath::Tree::open(Path::new(STORE_DIR))?;
+    Ok((records, store))
+}
+
+/// Takes back what publications and daemons that died left (`srcstore store repair`).
+pub fn repair() -> Result<Vec<String>, StoreError> {
+    let (records, store) = open_records()?;
+    records.repair(&store)
+}
+
+/// Published paths, roots, blobs and their bytes (`srcstore store status`).
+pub fn status() -> Result<Status, StoreError> {
+    let (records, _) = open_records()?;
+    records.status(&blobs::Blobs::open(&records.blobs_log())?)
+}
+
+/// Deletes the published paths nothing uses: after a [`repair`], each one no daemon roots is
+/// handed to `nix-store --delete`, which keeps what is still alive; records of paths Nix
+/// collected are forgotten. Blobs are never deleted here: Nix's collector removes a `.links`
+/// entry once no path links to it.
+pub fn gc() -> Result<Collected, StoreError> {
+    let (records, store) = open_records()?;
+    let mut c = Collected {
+        repaired: records.repair(&store)?,
+        ..Default::default()
+    };
+    let db = nixdb::NixDb::open(Path::new(NIX_STATE))?;
+    for (base, rooted) in records.published()? {
+        let path = format!("{STORE_DIR}/{base}");
+        if !db.is_valid(&path)? {
+            records.forget(&base)?;
+            c.forgotten += 1;
+            continue;
+        }
+        if rooted {
+            continue;
+        }
+        let out = std::process::Command::new("nix-store")
+            .args(["--delete", &path])
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("nix-store: {e}")))?;
+        match out.status.success() {
+            true => {
+                records.forget(&base)?;
+                c.deleted += 1;
+            }
+            false => c.kept_alive += 1,
+        }
+    }
+    Ok(c)
 }
 
 fn at(path: &Path, e: Errno) -> io::Error {

@@ -175,6 +175,28 @@ impl Records {
         Ok(said)
     }
 
+    /// The paths srcstore published, each with whether a daemon's root still holds it.
+    pub fn published(&self) -> io::Result<Vec<(String, bool)>> {
+        let mut rooted = std::collections::HashSet::new();
+        for entry in fs::read_dir(&self.roots)? {
+            for root in fs::read_dir(entry?.path())? {
+                rooted.insert(root?.file_name());
+            }
+        }
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.dir.join("published"))? {
+            let name = entry?.file_name();
+            let held = rooted.contains(&name);
+            out.push((name.to_string_lossy().into_owned(), held));
+        }
+        Ok(out)
+    }
+
+    /// Forgets that srcstore published `base` (Nix collected it).
+    pub fn forget(&self, base: &str) -> io::Result<()> {
+        remove_file(&self.dir.join("published").join(base))
+    }
+
     fn project_dir(&self, key: &str) -> String {
         fs::read_to_string(self.dir.join("projects").join(key))
             .ok()
@@ -189,15 +211,12 @@ impl Records {
     pub fn status(&self, blobs: &super::blobs::Blobs) -> Result<Status, super::StoreError> {
         let db = NixDb::open(Path::new(NIX_STATE))?;
         let mut s = Status::default();
-        for entry in fs::read_dir(self.dir.join("published"))? {
-            let base = entry?.file_name().to_string_lossy().into_owned();
+        for (base, rooted) in self.published()? {
             match db.is_valid(&format!("{STORE_DIR}/{base}"))? {
                 true => s.published += 1,
                 false => s.collected += 1,
             }
-        }
-        for entry in fs::read_dir(&self.roots)? {
-            s.roots += fs::read_dir(entry?.path())?.count();
+            s.roots += rooted as usize;
         }
         s.publishing = fs::read_dir(self.dir.join("publishing"))?.count();
         let links = Path::new(STORE_DIR).join(".links");

@@ -1,0 +1,97 @@
+//! Store mode beside Nix's garbage collector. A binary of its own: `nix-store --gc` deletes
+//! every path no root holds, which other tests' unrooted fixtures are.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use support::{stderr, write, Daemon, Sandbox};
+
+fn publish(sb: &Sandbox, project: &std::path::Path) -> String {
+    sb.ok(&["path", "--store", project.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+fn verify_path(path: &str) {
+    let out = Command::new("nix-store")
+        .args(["--verify-path", path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{path}: {}", stderr(&out));
+}
+
+fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn publishing_while_nix_collects_garbage_in_a_loop_leaves_every_published_path_valid_and_whole() {
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    write(&p.join("unique"), sb.dir.path().to_str().unwrap());
+    for i in 0..300 {
+        write(&p.join(format!("d{}/f{i}", i % 10)), format!("{i}\n"));
+    }
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut runs = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new("nix-store").arg("--gc").output().unwrap();
+                runs.push((out.status.success(), stderr(&out)));
+            }
+            runs
+        })
+    };
+    let mut published = Vec::new();
+    for round in 0..12 {
+        write(&p.join("d0/edited"), format!("round {round}\n"));
+        let path = publish(&sb, &p);
+        verify_path(&path);
+        published.push(path);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    assert!(runs.len() >= 2, "the collector ran {} times", runs.len());
+    for (ok, err) in &runs {
+        assert!(ok, "nix-store --gc failed beside a publication: {err}");
+    }
+    // A daemon keeps its latest publications rooted: the collector left them valid and whole.
+    for path in published.iter().rev().take(8) {
+        assert!(valid(path), "{path} was collected while rooted");
+        verify_path(path);
+    }
+}
+
+#[test]
+fn store_gc_deletes_the_published_paths_no_daemon_roots_any_more() {
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    write(&p.join("unique"), sb.dir.path().to_str().unwrap());
+    write(&p.join("a"), "one");
+    let mut d = Daemon::start(&sb, &p, &["--store"]);
+    let first = publish(&sb, &p);
+    write(&p.join("a"), "two");
+    let second = publish(&sb, &p);
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["store", "status", "--json"])).unwrap();
+    assert!(status["published"].as_u64().unwrap() >= 2, "{status}");
+    assert!(status["roots"].as_u64().unwrap() >= 2, "{status}");
+    // Rooted while its daemon runs: gc keeps them.
+    sb.ok(&["store", "gc"]);
+    assert!(valid(&first) && valid(&second));
+    // A daemon that stops releases its roots; then nothing uses them.
+    d.stop_with("-TERM");
+    let said: serde_json::Value = serde_json::from_str(&sb.ok(&["store", "gc", "--json"])).unwrap();
+    assert!(!valid(&first) && !valid(&second), "{said}");
+}
