@@ -268,7 +268,7 @@ fn nix_build_of_a_published_flake_evaluates_purely_and_neither_copies_nor_reads_
         // 2.8 and 2.32+ take the valid `source` path as it is; from 2.19 to 2.31 Nix hashes
         // a flake's source tree once per new path (reading it, copying nothing).
         let v = support::nix_version();
-        if v < (2, 19) || v >= (2, 32) {
+        if !((2, 19)..(2, 32)).contains(&v) {
             // flake.nix, flake.lock and the file the build reads.
             assert!(t.read <= 3, "{} of the tree's files were opened", t.read);
         }
