@@ -489,3 +489,47 @@ fn store_commands_for_a_user_who_is_not_root_are_refused_in_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn a_build_from_a_published_path_keeps_its_projects_cache_volume() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let build = |word: &str, src: &str| {
+        let nix = support::NixBuild::with_attrs(
+            &sb,
+            &format!("append-{word}"),
+            &format!("echo {word} >> /srcstore/cache/log && cat /srcstore/cache/log > $out"),
+            &format!("{{ srcstoreCache = \"t\"; src = builtins.storePath \"{src}\"; }}"),
+        );
+        let (out, log) = nix.build("unused");
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap()
+    };
+    let first = publish(&sb, &p, &[]);
+    assert_eq!(build("one", &first), "one\n");
+    write(&p.join("a.txt"), "edited\n");
+    let second = publish(&sb, &p, &[]);
+    assert_ne!(first, second);
+    assert_eq!(
+        build("two", &second),
+        "one\ntwo\n",
+        "the second snapshot's build found what the first one's left"
+    );
+
+    // A path with the same shape that srcstore did not publish gets no volume.
+    let stranger = sb.path("stranger");
+    write(&stranger.join("unique"), sb.dir.path().to_str().unwrap());
+    write(&stranger.join("x"), "not published\n");
+    let added = support::nix_store_keep(&stranger);
+    let nix = support::NixBuild::with_attrs(
+        &sb,
+        "stranger",
+        "if [ -d /srcstore/cache ]; then echo mounted; else echo none; fi > $out",
+        &format!("{{ srcstoreCache = \"t\"; src = builtins.storePath \"{added}\"; }}"),
+    );
+    let (out, log) = nix.build("unused");
+    assert_eq!(
+        fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap(),
+        "none\n"
+    );
+}

@@ -155,9 +155,12 @@ impl Server {
             })?;
         let publisher = match args.store {
             true => Some(Arc::new(
-                Publisher::open(&dir, rustix::process::geteuid().as_raw(), &|what| {
-                    tracing::info!("{what}")
-                })
+                Publisher::open(
+                    &dir,
+                    rustix::process::geteuid().as_raw(),
+                    &paths::socket_path(&runtime, &dir),
+                    &|what| tracing::info!("{what}"),
+                )
                 .map_err(|e| match e {
                     e @ srcstore::store::StoreError::NotRoot => super::exit::refused(e),
                     e => e.into(),

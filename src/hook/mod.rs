@@ -100,7 +100,7 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
     let views = view_mounts(&fs::read("/proc/self/mountinfo").unwrap_or_default());
     let refs = references(&derivation, &views);
     if refs.is_empty() {
-        return Ok(String::new());
+        return published_source(&derivation, drv, chroot);
     }
     if refs.len() > MAX_SNAPSHOTS {
         return Err(HookError::new(
@@ -141,7 +141,13 @@ pub fn run(drv: &Path, chroot: Option<&Path>) -> Result<String, HookError> {
         }
         let mut block = sandbox_block(&refs, &staged)?;
         if let Some(partition) = asks_for_cache(&derivation, drv)? {
-            let line = match cache_volume(&refs, &partition, drv, chroot, staging.as_mut()) {
+            let main = refs.iter().find(|r| r.is_src).unwrap_or(&refs[0]);
+            let view = main.view.as_ref().expect("a staged snapshot has a view");
+            let origin = Origin {
+                owner: view.owner.unwrap_or(0),
+                socket: view.socket.clone(),
+            };
+            let line = match cache_volume(&origin, &partition, drv, chroot, staging.as_mut()) {
                 Ok(line) => line,
                 Err(volume::Denied(why)) => denied_line(drv, &why, staging.as_mut())?,
             };
@@ -164,18 +170,69 @@ fn asks_for_cache(derivation: &drv::Derivation, drv: &Path) -> Result<Option<Str
     Ok(Some(name.clone()))
 }
 
-/// The sandbox line that mounts the partition of the main snapshot's project at
+/// For a derivation that names no snapshot of a view: when it asks for the cache volume and its
+/// source is a store path srcstore published (by srcstore's own records, never by the path's
+/// name), the block that mounts that project's volume; else nothing.
+fn published_source(
+    derivation: &drv::Derivation,
+    drv: &Path,
+    chroot: Option<&Path>,
+) -> Result<String, HookError> {
+    let Some(partition) = asks_for_cache(derivation, drv)? else {
+        return Ok(String::new());
+    };
+    let src = derivation
+        .env
+        .iter()
+        .find(|(k, _)| k == "src")
+        .map(|(_, v)| v.as_str());
+    let sources = derivation.input_sources.iter().map(String::as_str);
+    // The `src` attribute's first, then the others in order.
+    let Some(publication) = src
+        .into_iter()
+        .chain(sources)
+        .find_map(crate::store::published_by)
+    else {
+        return Ok(String::new());
+    };
+    let origin = Origin {
+        owner: publication.owner,
+        socket: publication.socket,
+    };
+    let mut staging = match rustix::process::geteuid().is_root() {
+        true => Some(
+            stage::Staging::create(chroot, LEASE_WITH_CHROOT).map_err(|e| {
+                HookError::new(STAGE_ROOT, format!("cannot stage snapshots there ({e})"))
+            })?,
+        ),
+        false => None,
+    };
+    let lines = match cache_volume(&origin, &partition, drv, chroot, staging.as_mut()) {
+        Ok(line) => line,
+        Err(volume::Denied(why)) => denied_line(drv, &why, staging.as_mut())?,
+    };
+    Ok(match lines.is_empty() {
+        true => String::new(),
+        false => format!("extra-sandbox-paths\n{lines}\n"),
+    })
+}
+
+/// Where a build's cache volume comes from: the owner of the project, and its daemon's socket.
+struct Origin {
+    owner: u32,
+    socket: PathBuf,
+}
+
+/// The sandbox line that mounts the partition of `origin`'s project at
 /// [`cache::STABLE_CACHE`], for a build its owner or root asked for (see `volume`).
 fn cache_volume(
-    refs: &[Reference],
+    origin: &Origin,
     partition: &str,
     drv: &Path,
     chroot: Option<&Path>,
     staging: Option<&mut stage::Staging>,
 ) -> Result<String, volume::Denied> {
-    let main = refs.iter().find(|r| r.is_src).unwrap_or(&refs[0]);
-    let view = main.view.as_ref().expect("a staged snapshot has a view");
-    let owner = view.owner.unwrap_or(0);
+    let owner = origin.owner;
     let parent = rustix::process::getppid()
         .ok_or_else(|| volume::Denied("the hook has no parent to ask".into()))?;
     let asker = volume::requester(parent)?;
@@ -188,8 +245,9 @@ fn cache_volume(
             "asked for by uid {asker}, but the project's cache is uid {owner}'s: {why}"
         )));
     }
-    let denied = |e: std::io::Error| volume::Denied(format!("{}: {e}", view.socket.display()));
-    let mut client = Client::connect_within(&view.socket, owner, ANSWER_TIMEOUT).map_err(denied)?;
+    let denied = |e: std::io::Error| volume::Denied(format!("{}: {e}", origin.socket.display()));
+    let mut client =
+        Client::connect_within(&origin.socket, owner, ANSWER_TIMEOUT).map_err(denied)?;
     let answer = client
         .request(Request::Volume {
             partition: partition.to_owned(),

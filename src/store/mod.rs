@@ -102,9 +102,15 @@ struct State {
 }
 
 impl Publisher {
-    /// The publisher for the project at `dir` owned by `owner`. Repairs what a publication
-    /// that died left (each repair said through `say`) and releases a previous daemon's roots.
-    pub fn open(dir: &Path, owner: u32, say: &dyn Fn(&str)) -> Result<Publisher, StoreError> {
+    /// The publisher for the project at `dir` owned by `owner`, whose daemon answers at
+    /// `socket`. Repairs what a publication that died left (each repair said through `say`) and
+    /// releases a previous daemon's roots.
+    pub fn open(
+        dir: &Path,
+        owner: u32,
+        socket: &Path,
+        say: &dyn Fn(&str),
+    ) -> Result<Publisher, StoreError> {
         let (records, store) = open_records()?;
         for line in records.repair(&store)? {
             say(&line);
@@ -115,7 +121,7 @@ impl Publisher {
         }
         .map_err(|e| at(&Path::new(STORE_DIR).join(".links"), e))?;
         let blobs = blobs::Blobs::open(&records.blobs_log())?;
-        let project = records.project(dir, owner)?;
+        let project = records.project(dir, owner, socket)?;
         Ok(Publisher {
             store,
             links,
@@ -196,6 +202,25 @@ impl Publisher {
     pub fn release(&self) {
         let _ = self.records.release(&self.project);
     }
+}
+
+/// A path srcstore published, as its records know it.
+pub struct Publication {
+    /// The project's owner.
+    pub owner: u32,
+    /// Where the project's daemon answers.
+    pub socket: PathBuf,
+}
+
+/// Who published `path` (any string: only a store path srcstore's records list is one), from
+/// srcstore's own records, never from the path's name.
+pub fn published_by(path: &str) -> Option<Publication> {
+    let base = path.strip_prefix(STORE_DIR)?.strip_prefix('/')?;
+    if base.is_empty() || base.contains('/') || base.starts_with('.') {
+        return None;
+    }
+    let (owner, socket) = Records::existing(Path::new(RECORDS))?.publisher(base)?;
+    Some(Publication { owner, socket })
 }
 
 /// What `srcstore store gc` did.

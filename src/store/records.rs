@@ -1,8 +1,9 @@
 //! srcstore's records of the store, in a directory of root's own (`/nix/var/srcstore`), and
 //! the roots that keep its publications from Nix's collector.
 //!
-//! - `projects/<key>`: a publishing project (`owner <uid>`, `dir <path>`); `<key>.lock` is held
-//!   by its daemon for as long as it runs, so a lock anyone can take is a daemon that is gone.
+//! - `projects/<key>`: a publishing project (`owner <uid>`, `dir <path>`, its daemon's
+//!   `socket <path>`); `<key>.lock` is held by its daemon for as long as it runs, so a lock
+//!   anyone can take is a daemon that is gone.
 //! - `publishing/<base>`: a publication under way (the key of its project), written before
 //!   anything is made in the store and removed once the path is registered.
 //! - `published/<base>`: what srcstore registered, and for which project.
@@ -68,8 +69,9 @@ impl Records {
         self.dir.join("blobs")
     }
 
-    /// Takes `dir`'s project for this daemon, releasing the roots a previous one left.
-    pub fn project(&self, dir: &Path, owner: u32) -> io::Result<Project> {
+    /// Takes `dir`'s project for this daemon (answering at `socket`), releasing the roots a
+    /// previous one left.
+    pub fn project(&self, dir: &Path, owner: u32, socket: &Path) -> io::Result<Project> {
         let id = format!("owner {owner}\ndir {}\n", dir.display());
         let key = format!("{owner}-{}", &blake3::hash(id.as_bytes()).to_hex()[..16]);
         let lock_path = self.dir.join(format!("projects/{key}.lock"));
@@ -87,7 +89,8 @@ impl Records {
             }
             Err(e) => return Err(at(&lock_path, e)),
         }
-        crate::atomic::write_whole(&self.dir.join(format!("projects/{key}")), id.as_bytes())?;
+        let record = format!("{id}socket {}\n", socket.display());
+        crate::atomic::write_whole(&self.dir.join(format!("projects/{key}")), record.as_bytes())?;
         let project = Project { key, _lock: lock };
         self.release(&project)?;
         make_dir(&self.roots.join(&project.key), 0o755)?;
@@ -198,13 +201,33 @@ impl Records {
     }
 
     fn project_dir(&self, key: &str) -> String {
-        fs::read_to_string(self.dir.join("projects").join(key))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("dir ").map(str::to_owned))
-            })
+        self.project_field(key, "dir")
             .unwrap_or_else(|| key.to_owned())
+    }
+
+    /// The field `name` of the record of the project `key`.
+    fn project_field(&self, key: &str, name: &str) -> Option<String> {
+        let record = fs::read_to_string(self.dir.join("projects").join(key)).ok()?;
+        record
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+    }
+
+    /// Who published the path named `base`, and where its daemon answers, if srcstore did.
+    pub fn publisher(&self, base: &str) -> Option<(u32, PathBuf)> {
+        let key = fs::read_to_string(self.dir.join("published").join(base)).ok()?;
+        let owner = self.project_field(key.trim(), "owner")?.parse().ok()?;
+        let socket = self.project_field(key.trim(), "socket")?;
+        Some((owner, PathBuf::from(socket)))
+    }
+
+    /// The records at `dir` for reading only, if they are root's and closed to others.
+    pub fn existing(dir: &Path) -> Option<Records> {
+        crate::daemon::paths::check_private_dir(dir, 0).ok()?;
+        Some(Records {
+            dir: dir.to_path_buf(),
+            roots: Path::new(NIX_STATE).join("gcroots/srcstore"),
+        })
     }
 
     /// Counts for `srcstore store status`.
