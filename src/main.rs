@@ -48,6 +48,10 @@ enum Command {
     Completions(cmd::completions::Args),
     /// Print the man page, srcstore(1), or a command's (`srcstore man mount`).
     Man(cmd::completions::ManArgs),
+    /// The daemon's warmer: list every directory below DIR (a snapshot through the daemon's
+    /// mount) and print how many.
+    #[command(hide = true)]
+    WarmWalk { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,14 @@ fn main() -> ExitCode {
         Command::Gocacheprog(args) => cmd::gocacheprog::run(args),
         Command::Completions(args) => cmd::completions::run(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),
+        Command::WarmWalk { dir } => {
+            // Dies with its daemon rather than walk a mount nobody serves.
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+            println!("{}", srcstore::daemon::walk(&dir));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -780,3 +780,45 @@ fn the_kernel_forgets_the_inodes_of_snapshots_no_longer_served() {
         inodes() <= first * 3 / 2
     });
 }
+
+#[test]
+fn a_daemon_killed_hard_while_it_warms_a_snapshot_exits_and_the_next_mount_serves() {
+    // A thread of the daemon's own reading its mount when SIGKILL comes would wait forever for
+    // an answer no thread is left to give: the daemon would stay a zombie holding its lock.
+    let sb = Sandbox::new();
+    let p = sb.path("many-dirs");
+    for i in 0..8000 {
+        write(&p.join(format!("d{}/e{i}/f", i % 50)), "x");
+    }
+    let mut d = Daemon::start(&sb, &p, &[]);
+    let snapshot = d.path(&sb); // sets the walk of its 8,050 directories going
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    Command::new("kill")
+        .args(["-KILL", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        d.child.try_wait().unwrap().is_some()
+    });
+    if !gone {
+        // Let go of it (fusectl's abort of its connection, named by the mount's device), so
+        // that neither the machine nor this test waits for it forever.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mountpoint = d.mountpoint.to_str().unwrap();
+        if let Some(dev) = mountinfo.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&mountpoint)).then(|| f[2].split(':').nth(1).unwrap().to_owned())
+        }) {
+            let _ = fs::write(format!("/sys/fs/fuse/connections/{dev}/abort"), "1");
+        }
+        let _ = d.child.wait();
+        panic!(
+            "the daemon killed while warming never exited: {}",
+            d.log_text()
+        );
+    }
+    support::detach(&d.mountpoint);
+    let again = Daemon::start(&sb, &p, &[]);
+    assert_eq!(again.path(&sb), snapshot);
+}

@@ -233,7 +233,8 @@ impl Server {
 
             let warmer = match args.no_warm {
                 true => daemon::Warmer::off(),
-                false => daemon::Warmer::start()?,
+                // This very binary (even if replaced on disk since), as `srcstore warm-walk DIR`.
+                false => daemon::Warmer::start(vec!["/proc/self/exe".into(), "warm-walk".into()])?,
             };
             let handler = Arc::new(daemon::LiveHandler::new(
                 live.clone(),

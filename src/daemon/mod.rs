@@ -26,4 +26,4 @@ pub use handler::{LiveHandler, Starting};
 pub use protocol::{parse, Envelope, Request, Response, PROTOCOL_VERSION};
 pub use server::{serve, Handler};
 pub use start::{prepare_mountpoint, DaemonLock, StartError};
-pub use warm::Warmer;
+pub use warm::{walk, Warmer};

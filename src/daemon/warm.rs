@@ -7,13 +7,19 @@
 //! and the build finds every entry cached. The kernel's dentry cache belongs to the filesystem,
 //! not to one mount, so the clone the hook stages for the sandbox shares what the walk built.
 //!
-//! The walk runs on threads of its own (never a FUSE worker: it is one of their clients), lists
-//! directories only (`READDIRPLUS` hands over every entry's attributes), and stops as soon as a
-//! newer snapshot is asked for: a build that starts early just shares the work.
+//! The walk lists directories only (`READDIRPLUS` hands over every entry's attributes), and
+//! stops as soon as a newer snapshot is asked for: a build that starts early just shares the
+//! work. It runs in a process of its own, never in the daemon's: a thread of the daemon waiting
+//! on its own mount when the daemon is killed (SIGKILL) waits forever, since the kernel aborts
+//! the mount only once every thread of its server is gone; the daemon would stay a zombie
+//! holding its lock and its mount. A walker process just gets an error then.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Walks snapshot directories in the background, newest request first (or, made with
 /// [`Warmer::off`], walks nothing).
@@ -23,8 +29,13 @@ pub struct Warmer {
     listed: Arc<AtomicU64>,
 }
 
+/// How often a walk in progress checks whether a newer snapshot was asked for.
+const POLL: Duration = Duration::from_millis(5);
+
 impl Warmer {
-    pub fn start() -> std::io::Result<Warmer> {
+    /// A warmer that runs the command `walker` (program and arguments) with a directory added,
+    /// for a walk: a process that calls [`walk`] and prints how many directories it listed.
+    pub fn start(walker: Vec<std::ffi::OsString>) -> std::io::Result<Warmer> {
         let (requests, rx) = mpsc::channel::<(u64, PathBuf)>();
         let latest = Arc::new(AtomicU64::new(0));
         let listed = Arc::new(AtomicU64::new(0));
@@ -41,8 +52,9 @@ impl Warmer {
                     // A walk of what was just walked whole finds everything cached: skip it.
                     if last.as_ref() != Some(&dir) {
                         let cancelled = || current.load(Ordering::Relaxed) != generation;
-                        count.fetch_add(walk(&dir, cancelled), Ordering::Relaxed);
-                        last = (!cancelled()).then_some(dir);
+                        let (listed, whole) = run_walker(&walker, &dir, cancelled);
+                        count.fetch_add(listed, Ordering::Relaxed);
+                        last = whole.then_some(dir);
                     }
                 }
             })?;
@@ -76,11 +88,50 @@ impl Warmer {
     }
 }
 
+/// Runs `walker` on `dir` until it ends or `cancelled`; how many directories it listed, and
+/// whether it walked them all.
+fn run_walker(
+    walker: &[std::ffi::OsString],
+    dir: &Path,
+    cancelled: impl Fn() -> bool,
+) -> (u64, bool) {
+    let spawned = Command::new(&walker[0])
+        .args(&walker[1..])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("cannot start the walker: {e}");
+            return (0, false);
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut out = String::new();
+                let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+                return (out.trim().parse().unwrap_or(0), status.success());
+            }
+            Ok(None) if cancelled() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (0, false);
+            }
+            Ok(None) => std::thread::sleep(POLL),
+            Err(_) => return (0, false),
+        }
+    }
+}
+
 /// Walkers: two keep both FUSE workers busy (each listing is one round trip to the daemon).
 const WALKERS: usize = 2;
 
-/// Lists every directory below `root` until `cancelled`; how many it listed.
-fn walk(root: &Path, cancelled: impl Fn() -> bool + Sync) -> u64 {
+/// Lists every directory below `root` (what a walker process does); how many it listed.
+pub fn walk(root: &Path) -> u64 {
     let started = std::time::Instant::now();
     // Directories to list, and how many are being listed (whose children may still come).
     let work = Mutex::new((vec![root.to_path_buf()], 0usize));
@@ -92,10 +143,6 @@ fn walk(root: &Path, cancelled: impl Fn() -> bool + Sync) -> u64 {
                 let dir = {
                     let mut w = work.lock().unwrap();
                     loop {
-                        if cancelled() {
-                            changed.notify_all();
-                            return;
-                        }
                         if let Some(d) = w.0.pop() {
                             w.1 += 1;
                             break d;
@@ -127,9 +174,8 @@ fn walk(root: &Path, cancelled: impl Fn() -> bool + Sync) -> u64 {
     });
     let listed = listed.into_inner();
     tracing::debug!(
-        "warmed {} ({listed} directories{}) in {:?}",
+        "warmed {} ({listed} directories) in {:?}",
         root.display(),
-        if cancelled() { ", then cancelled" } else { "" },
         started.elapsed()
     );
     listed
