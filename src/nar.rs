@@ -28,13 +28,59 @@ pub struct NarInfo {
     pub size: u64,
 }
 
+/// What hashing a snapshot's NAR leaves for hashing the next one: the tree it was of, and the
+/// SHA-256 state at node starts at least [`MARK_EVERY`] bytes apart. A NAR is one linear
+/// stream, so the next snapshot's is hashed from the last mark before its first difference on:
+/// an edit costs the NAR after it, never the NAR before it.
+#[derive(Clone)]
+pub struct NarMemo {
+    tree: Node,
+    info: NarInfo,
+    /// (NAR offset of a node's start, the hash state there), by offset.
+    marks: Vec<(u64, Sha256)>,
+}
+
+impl NarMemo {
+    /// Whether this is the memo of `tree`'s NAR.
+    pub fn is_of(&self, tree: &Node) -> bool {
+        first_difference(&self.tree, tree, HEADER_LEN).is_none()
+    }
+}
+
 /// How much NAR one buffer of [`nar_info`]'s pipeline holds, and how many are in flight.
 const CHUNK: usize = 1 << 20;
 const IN_FLIGHT: usize = 4;
+/// The least NAR between two marks of a [`NarMemo`]: at most this much is hashed again before
+/// an edit's first difference (and a 200 MB NAR keeps under a thousand marks).
+const MARK_EVERY: u64 = 256 << 10;
 
 /// Hashes the snapshot's NAR without storing it.
 pub fn nar_info(snapshot: &Snapshot) -> Result<NarInfo, Error> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+    Ok(nar_info_since(snapshot, None)?.0)
+}
+
+/// Hashes the snapshot's NAR, from the last mark of `memo` (a memo of an earlier snapshot) that
+/// the two NARs share; and the memo for the next one.
+pub fn nar_info_since(
+    snapshot: &Snapshot,
+    memo: Option<&NarMemo>,
+) -> Result<(NarInfo, NarMemo), Error> {
+    let tree = snapshot.tree();
+    let mut marks = Vec::new();
+    if let Some(m) = memo {
+        match first_difference(&m.tree, tree, HEADER_LEN) {
+            None => {
+                let same = NarMemo {
+                    tree: tree.clone(),
+                    ..m.clone()
+                };
+                return Ok((m.info, same));
+            }
+            Some(at) => marks.extend(m.marks.iter().take_while(|(o, _)| *o <= at).cloned()),
+        }
+    }
+    let (resume, mut hasher) = marks.last().cloned().unwrap_or((0, Sha256::new()));
+    let (full_tx, full_rx) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
         let producer = std::thread::Builder::new()
@@ -46,22 +92,35 @@ pub fn nar_info(snapshot: &Snapshot) -> Result<NarInfo, Error> {
                     full: full_tx,
                     empty: empty_rx,
                 };
-                write_into(snapshot, &mut sink)?;
+                write_into(snapshot, &mut sink, resume, MARK_EVERY)?;
                 sink.send().map_err(|e| Error::io(snapshot.dir(), e))
             })
             .map_err(|e| Error::io(snapshot.dir(), e))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0;
-        for (buf, filled) in full_rx {
-            hasher.update(&buf[..filled]);
-            size += filled as u64;
-            let _ = empty_tx.send(buf);
+        let mut size = resume;
+        for piece in full_rx {
+            match piece {
+                Piece::Bytes(buf, filled) => {
+                    hasher.update(&buf[..filled]);
+                    size += filled as u64;
+                    let _ = empty_tx.send(buf);
+                }
+                Piece::Mark(at) => {
+                    debug_assert_eq!(at, size);
+                    marks.push((at, hasher.clone()));
+                }
+            }
         }
         producer.join().expect("the NAR reader panicked")?;
-        Ok(NarInfo {
+        let info = NarInfo {
             sha256: hasher.finalize().into(),
             size,
-        })
+        };
+        let memo = NarMemo {
+            tree: tree.clone(),
+            info,
+            marks,
+        };
+        Ok((info, memo))
     })
 }
 
@@ -73,16 +132,115 @@ pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error>
             out,
             buf: vec![0; 256 << 10],
         },
+        0,
+        u64::MAX,
     )
 }
 
-fn write_into(snapshot: &Snapshot, out: &mut impl Out) -> Result<(), Error> {
+/// Writes the snapshot's NAR from the offset `from` (a node's start) on, into `out`, marking
+/// node starts at least `mark_every` apart.
+fn write_into(
+    snapshot: &Snapshot,
+    out: &mut impl Sink,
+    from: u64,
+    mark_every: u64,
+) -> Result<(), Error> {
     let mut w = NarWriter {
         out,
         at: Cursor::new(snapshot),
+        offset: 0,
+        skip_to: from,
+        mark_every,
+        last_mark: from,
     };
     w.str(b"nix-archive-1")?;
     w.node(snapshot.tree())
+}
+
+/// Where the NAR goes: bytes, and the marks a memo keeps.
+trait Sink: Out {
+    /// The bytes so far end at a node's start, `offset`.
+    fn mark(&mut self, offset: u64) -> io::Result<()>;
+}
+
+/// What the NAR's reader hands its hasher.
+enum Piece {
+    /// A buffer and how much of it is NAR.
+    Bytes(Vec<u8>, usize),
+    /// The bytes so far end at this offset, a node's start: keep the state.
+    Mark(u64),
+}
+
+/// The length of a NAR string of `len` bytes.
+fn str_len(len: usize) -> u64 {
+    8 + len as u64 + padding(len as u64) as u64
+}
+
+/// The length of the archive's header, where the top node starts.
+const HEADER_LEN: u64 = 24;
+
+/// The length of `node`'s NAR.
+fn nar_len(node: &Node) -> u64 {
+    let s = |b: &[u8]| str_len(b.len());
+    let head = s(b"(") + s(b"type") + s(b")");
+    head + match node {
+        Node::Symlink(l) => s(b"symlink") + s(b"target") + s(&l.target),
+        Node::File(f) => {
+            let exec = match f.executable() {
+                true => s(b"executable") + s(b""),
+                false => 0,
+            };
+            s(b"regular") + exec + s(b"contents") + 8 + f.size() + padding(f.size()) as u64
+        }
+        Node::Dir(d) => {
+            s(b"directory")
+                + d.entries
+                    .iter()
+                    .map(|e| entry_head(&e.name) + nar_len(&e.node) + s(b")"))
+                    .sum::<u64>()
+        }
+    }
+}
+
+/// The length of a directory entry's NAR before its node.
+fn entry_head(name: &[u8]) -> u64 {
+    [b"entry" as &[u8], b"(", b"name", name, b"node"]
+        .iter()
+        .map(|b| str_len(b.len()))
+        .sum()
+}
+
+/// Where, in the NARs of `old` and `new` (starting at `at`), the first node that differs
+/// starts; `None` when the two are the same. The streams are equal up to there.
+fn first_difference(old: &Node, new: &Node, at: u64) -> Option<u64> {
+    match (old, new) {
+        (Node::Dir(a), Node::Dir(b)) if a.hash == b.hash => None,
+        (Node::Dir(a), Node::Dir(b)) => {
+            let s = |b: &[u8]| str_len(b.len());
+            let mut at = at + s(b"(") + s(b"type") + s(b"directory");
+            for (x, y) in a.entries.iter().zip(b.entries.iter()) {
+                if x.name.as_bytes() != y.name.as_bytes() {
+                    return Some(at);
+                }
+                let head = entry_head(&y.name);
+                if let Some(d) = first_difference(&x.node, &y.node, at + head) {
+                    return Some(d);
+                }
+                at += head + nar_len(&y.node) + s(b")");
+            }
+            // One lists more entries than the other (or nothing differs where it should).
+            Some(at)
+        }
+        (Node::File(a), Node::File(b))
+            if a.content == b.content
+                && a.executable() == b.executable()
+                && a.size() == b.size() =>
+        {
+            None
+        }
+        (Node::Symlink(a), Node::Symlink(b)) if a.target == b.target => None,
+        _ => Some(at),
+    }
 }
 
 /// Straight to a writer; file bytes are read into a buffer and written from it.
@@ -105,11 +263,17 @@ impl<W: Write> Out for Direct<'_, W> {
     }
 }
 
+impl<W: Write> Sink for Direct<'_, W> {
+    fn mark(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Into buffers handed to another thread; file bytes are read straight into them.
 struct Chunks {
     buf: Vec<u8>,
     filled: usize,
-    full: mpsc::SyncSender<(Vec<u8>, usize)>,
+    full: mpsc::SyncSender<Piece>,
     empty: mpsc::Receiver<Vec<u8>>,
 }
 
@@ -123,7 +287,7 @@ impl Chunks {
         let full = std::mem::replace(&mut self.buf, next);
         let filled = std::mem::take(&mut self.filled);
         self.full
-            .send((full, filled))
+            .send(Piece::Bytes(full, filled))
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
     }
 
@@ -132,6 +296,15 @@ impl Chunks {
             self.send()?;
         }
         Ok(&mut self.buf[self.filled..])
+    }
+}
+
+impl Sink for Chunks {
+    fn mark(&mut self, offset: u64) -> io::Result<()> {
+        self.send()?;
+        self.full
+            .send(Piece::Mark(offset))
+            .map_err(|_| io::Error::other("the NAR hasher stopped"))
     }
 }
 
@@ -149,6 +322,12 @@ impl Out for Chunks {
 struct NarWriter<'a, S> {
     out: &'a mut S,
     at: Cursor<'a>,
+    /// How much NAR came before what is written next.
+    offset: u64,
+    /// The NAR before this offset is not written (another pass hashed it).
+    skip_to: u64,
+    mark_every: u64,
+    last_mark: u64,
 }
 
 fn padding(len: u64) -> usize {
@@ -204,9 +383,15 @@ impl FileNarHash {
     }
 }
 
-impl<S: Out> NarWriter<'_, S> {
+impl<S: Sink> NarWriter<'_, S> {
     fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.out.put(bytes).map_err(|e| self.at.io(e))
+        let end = self.offset + bytes.len() as u64;
+        if end > self.skip_to {
+            let from = self.skip_to.saturating_sub(self.offset) as usize;
+            self.out.put(&bytes[from..]).map_err(|e| self.at.io(e))?;
+        }
+        self.offset = end;
+        Ok(())
     }
 
     fn str(&mut self, s: &[u8]) -> Result<(), Error> {
@@ -214,6 +399,16 @@ impl<S: Out> NarWriter<'_, S> {
     }
 
     fn node(&mut self, node: &Node) -> Result<(), Error> {
+        if self.offset < self.skip_to {
+            let len = nar_len(node);
+            if self.offset + len <= self.skip_to {
+                self.offset += len;
+                return Ok(());
+            }
+        } else if self.offset - self.last_mark >= self.mark_every {
+            self.out.mark(self.offset).map_err(|e| self.at.io(e))?;
+            self.last_mark = self.offset;
+        }
         self.str(b"(")?;
         self.str(b"type")?;
         match node {
@@ -230,7 +425,10 @@ impl<S: Out> NarWriter<'_, S> {
                 }
                 self.str(b"contents")?;
                 self.raw(&f.size().to_le_bytes())?;
+                // A mark is a node's start, so a file is written whole or skipped whole.
+                debug_assert!(self.offset >= self.skip_to);
                 self.at.contents(f, &mut *self.out)?;
+                self.offset += f.size();
                 self.raw(&[0; 8][..padding(f.size())])?;
             }
             Node::Dir(d) => {
@@ -251,5 +449,58 @@ impl<S: Out> NarWriter<'_, S> {
             }
         }
         self.str(b")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Filter, Scanner};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scan(dir: &std::path::Path) -> Snapshot {
+        Scanner::new(dir, Filter::All).scan().unwrap()
+    }
+
+    #[test]
+    fn a_hash_resumed_from_a_memo_is_the_hash_of_the_whole_nar_after_every_kind_of_edit() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        for i in 0..40 {
+            let sub = d.join(format!("d{:02}", i % 8));
+            fs::create_dir_all(&sub).unwrap();
+            // Large enough that the NAR has marks in it.
+            fs::write(sub.join(format!("f{i:02}")), vec![i as u8; 60_000]).unwrap();
+        }
+        std::os::unix::fs::symlink("d00", d.join("link")).unwrap();
+        let (first, mut memo) = nar_info_since(&scan(d), None).unwrap();
+        assert_eq!(first, nar_info(&scan(d)).unwrap());
+        assert!(memo.marks.len() > 4, "{} marks", memo.marks.len());
+        let x = |p: &str| d.join(p);
+        let edits: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| fs::write(x("d05/f13"), b"edited").unwrap()),
+            Box::new(|| fs::write(x("d00/f00"), b"first file").unwrap()),
+            Box::new(|| fs::write(x("d07/f39"), b"last file").unwrap()),
+            Box::new(|| {
+                fs::set_permissions(x("d03/f11"), fs::Permissions::from_mode(0o755)).unwrap()
+            }),
+            Box::new(|| fs::write(x("d04/new"), b"added").unwrap()),
+            Box::new(|| fs::remove_file(x("d02/f10")).unwrap()),
+            Box::new(|| fs::rename(x("d06/f14"), x("d06/g14")).unwrap()),
+            Box::new(|| {
+                fs::remove_file(x("link")).unwrap();
+                std::os::unix::fs::symlink("d01", x("link")).unwrap();
+            }),
+            Box::new(|| fs::create_dir(x("aaa")).unwrap()),
+            Box::new(|| {}),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            edit();
+            let snapshot = scan(d);
+            let (resumed, next) = nar_info_since(&snapshot, Some(&memo)).unwrap();
+            assert_eq!(resumed, nar_info(&snapshot).unwrap(), "edit {i}");
+            memo = next;
+        }
     }
 }

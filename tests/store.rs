@@ -391,31 +391,44 @@ fn path_store_from_a_daemon_without_store_mode_says_how_to_start_one() {
     assert!(err.contains("mount --store"), "{err}");
 }
 
+/// The store entry a publication for `project` has under way, by srcstore's journal (each
+/// entry names its project's record, which names the project's directory).
+fn under_way(project: &Path) -> Option<String> {
+    let records = Path::new("/nix/var/srcstore");
+    let wanted = format!("dir {}\n", project.display());
+    fs::read_dir(records.join("publishing"))
+        .ok()?
+        .flatten()
+        .find(|e| {
+            let key = fs::read_to_string(e.path()).unwrap_or_default();
+            fs::read_to_string(records.join("projects").join(key.trim()))
+                .is_ok_and(|r| r.contains(&wanted))
+        })
+        .map(|e| format!("/nix/store/{}", e.file_name().to_string_lossy()))
+}
+
 /// Starts a daemon in store mode on `project` and kills it (SIGKILL) while its first
-/// publication, of `path`, is under way.
-fn kill_mid_publication(sb: &Sandbox, project: &Path, path: &str) {
-    let journal = Path::new("/nix/var/srcstore/publishing").join(&path[11..]);
+/// publication, of `path`, is under way; the store entry it was making.
+fn kill_mid_publication(sb: &Sandbox, project: &Path, path: &str) -> String {
     let mut d = Daemon::start(sb, project, &["--store"]);
     // The first publication runs in the background from the start.
-    let mut seen = false;
+    let mut making = None;
     for _ in 0..5000 {
-        if journal.exists() {
+        if let Some(entry) = under_way(project) {
             d.stop_with("-KILL");
-            seen = true;
+            making = Some(entry);
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    assert!(
-        seen,
-        "the publication was never seen under way: {}",
-        d.log_text()
-    );
+    let making = making
+        .unwrap_or_else(|| panic!("the publication was never seen under way: {}", d.log_text()));
     support::detach(&d.mountpoint);
     // Never valid and wrong: invalid (half made), or valid and whole.
     if valid(path) {
         verify_path(path);
     }
+    making
 }
 
 /// A project of 3,000 files, its own.
@@ -436,17 +449,18 @@ fn a_daemon_killed_mid_publication_leaves_nothing_valid_and_wrong_and_the_next_s
     let sb = Sandbox::new();
     let p = big_project(&sb, "big");
     let path = nix_would_give(&sb, &p);
-    kill_mid_publication(&sb, &p, &path);
+    let making = kill_mid_publication(&sb, &p, &path);
     let d = Daemon::start(&sb, &p, &["--store"]);
     let again = publish(&sb, &p, &[]);
     assert_eq!(again, path);
     verify_path(&again);
     let log = d.log_text();
     assert!(
-        log.contains(&format!("{path}: removed, left half-made"))
-            || log.contains(&format!("{path}: published whole")),
+        log.contains(&format!("{making}: removed, left half-made"))
+            || log.contains(&format!("{making}: published whole")),
         "the restart did not say what it repaired: {log}"
     );
+    assert!(fs::symlink_metadata(&making).is_err() || valid(&making));
 }
 
 #[test]
@@ -454,19 +468,17 @@ fn store_repair_takes_back_what_a_killed_publication_left_and_says_so() {
     let sb = Sandbox::new();
     let p = big_project(&sb, "big2");
     let path = nix_would_give(&sb, &p);
-    kill_mid_publication(&sb, &p, &path);
+    let making = kill_mid_publication(&sb, &p, &path);
     let said = sb.ok(&["store", "repair"]);
     assert!(
-        said.contains(&format!("{path}: removed, left half-made"))
-            || said.contains(&format!("{path}: published whole")),
+        said.contains(&format!("{making}: removed, left half-made"))
+            || said.contains(&format!("{making}: published whole")),
         "{said}"
     );
-    if !valid(&path) {
-        assert!(fs::symlink_metadata(&path).is_err(), "{path} was left");
+    if !valid(&making) {
+        assert!(fs::symlink_metadata(&making).is_err(), "{making} was left");
     }
-    assert!(!Path::new("/nix/var/srcstore/publishing")
-        .join(&path[11..])
-        .exists());
+    assert!(under_way(&p).is_none());
 }
 
 #[test]

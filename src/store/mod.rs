@@ -18,7 +18,7 @@ mod locks;
 mod nixdb;
 mod records;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ pub use farm::Made;
 pub use nixdb::DbError;
 pub use records::{Records, Status};
 
-use crate::nar::NarInfo;
+use crate::nar::{NarInfo, NarMemo};
 use crate::{nar, nixhash, Snapshot};
 
 /// Where Nix keeps store paths, and its state.
@@ -45,6 +45,8 @@ pub const NAME: &str = "source";
 /// How many of a daemon's latest publications stay rooted (a build holds the inputs it uses
 /// with temporary roots of its own).
 const ROOTED: usize = 8;
+/// How many subtrees' NAR memos a publisher keeps (each about 100 bytes per 256 KiB of NAR).
+const MEMOS: usize = 8;
 /// How long a publication waits for another holder of a path's lock.
 const PATH_LOCK_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -97,6 +99,9 @@ pub struct Publisher {
 
 struct State {
     blobs: blobs::Blobs,
+    /// The NAR memo of the latest publication of each subtree (by prefix; the whole project's
+    /// is empty), so the next one hashes only the NAR after its first edit.
+    memos: HashMap<Box<[u8]>, NarMemo>,
     /// This daemon's latest publications, rooted (newest last).
     rooted: VecDeque<String>,
 }
@@ -129,6 +134,7 @@ impl Publisher {
             project,
             state: Mutex::new(State {
                 blobs,
+                memos: HashMap::new(),
                 rooted: VecDeque::new(),
             }),
         })
@@ -136,58 +142,64 @@ impl Publisher {
 
     /// Publishes `snapshot` as its `source` path (see the module docs); `say` hears what it
     /// waits for.
+    ///
+    /// The files are made under a temporary name while the NAR is hashed beside them, on
+    /// another thread (the name of the path comes from the hash); the path's lock is taken
+    /// once the name is known, and the files are renamed into place and registered only then.
     pub fn publish(
         &self,
         snapshot: &Snapshot,
         say: &dyn Fn(&str),
     ) -> Result<Published, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let nar = nar::nar_info(snapshot)?;
-        let path = nixhash::source_store_path(STORE_DIR, &nar.sha256, NAME);
-        let base = path.rsplit('/').next().expect("a store path has a name");
+        let state = &mut *state;
+        let started = std::time::Instant::now();
         let _gc = locks::GcLock::shared(Path::new(NIX_STATE), || {
             say("waiting for Nix's garbage collector to finish")
         })?;
-        let _lock = locks::PathLock::take(
-            self.store.fd(),
-            Path::new(STORE_DIR),
-            base,
-            PATH_LOCK_PATIENCE,
-        )?;
-        let db = nixdb::NixDb::open(Path::new(NIX_STATE))?;
-        let made = match db.nar_hash(&path)? {
-            Some(found) => {
-                let expected = format!("sha256:{}", nixhash::hex(&nar.sha256));
-                if found != expected {
-                    return Err(StoreError::Mismatch {
-                        path,
-                        found,
-                        expected,
+        let memo = state.memos.remove(snapshot.prefix());
+        // The same tree as the last publication of this subtree: its path, nothing to make
+        // unless Nix collected it since.
+        let mut temp = None;
+        let hashed = match memo.as_ref().is_some_and(|m| m.is_of(snapshot.tree())) {
+            true => nar::nar_info_since(snapshot, memo.as_ref()).map(|h| (h, None)),
+            false => {
+                let name = self.temp_name();
+                self.records.begin(&name, &self.project)?;
+                temp = Some(name.clone());
+                let blobs = &mut state.blobs;
+                let (hashed, made) = std::thread::scope(|s| {
+                    let farm = s.spawn(|| {
+                        farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs)
                     });
-                }
-                None
-            }
-            None => {
-                self.records.begin(base, &self.project)?;
-                // Whatever stands there is no valid path: a leftover Nix's collector would
-                // remove, or another user's entry. Nix removes it before it makes a path.
-                records::remove_entry(&self.store, base)?;
-                let made = farm::make(
-                    snapshot,
-                    self.store.fd(),
-                    base,
-                    self.links.as_fd(),
-                    &mut state.blobs,
-                )
-                .map_err(StoreError::from)
-                .and_then(|made| Ok(db.register_source(&path, &nar).map(|()| made)?));
-                if made.is_err() {
-                    records::remove_entry(&self.store, base)?;
-                }
-                self.records.end(base)?;
-                Some(made?)
+                    let hashed = nar::nar_info_since(snapshot, memo.as_ref());
+                    (hashed, farm.join().expect("making a path panicked"))
+                });
+                hashed.and_then(|h| made.map(|m| (h, Some(m))))
             }
         };
+        tracing::debug!("hashed and made: {:?}", started.elapsed());
+        let ((nar, next), made_here) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(m) = memo {
+                    state.memos.insert(snapshot.prefix().into(), m);
+                }
+                self.take_back(temp.as_deref())?;
+                return Err(e.into());
+            }
+        };
+        if state.memos.len() >= MEMOS {
+            state.memos.clear();
+        }
+        state.memos.insert(snapshot.prefix().into(), next);
+        let path = nixhash::source_store_path(STORE_DIR, &nar.sha256, NAME);
+        let base = base_of(&path);
+        let made = temp.as_deref().zip(made_here);
+        let result = self.register(snapshot, &path, &nar, made, &mut state.blobs);
+        self.take_back(temp.as_deref())?;
+        let made = result?;
+        tracing::debug!("published: {:?}", started.elapsed());
         self.records.root(&self.project, base)?;
         state.rooted.retain(|b| b != base);
         state.rooted.push_back(base.to_owned());
@@ -196,6 +208,93 @@ impl Publisher {
             self.records.unroot(&self.project, &old)?;
         }
         Ok(Published { path, nar, made })
+    }
+
+    /// Under the path's lock: registers `path` from the files `made` at a temporary name (made
+    /// now if there are none), unless it is valid already; what making it took, if it was
+    /// registered here.
+    fn register(
+        &self,
+        snapshot: &Snapshot,
+        path: &str,
+        nar: &NarInfo,
+        made: Option<(&str, Made)>,
+        blobs: &mut blobs::Blobs,
+    ) -> Result<Option<Made>, StoreError> {
+        let base = base_of(path);
+        let _lock = locks::PathLock::take(
+            self.store.fd(),
+            Path::new(STORE_DIR),
+            base,
+            PATH_LOCK_PATIENCE,
+        )?;
+        let db = nixdb::NixDb::open(Path::new(NIX_STATE))?;
+        if let Some(found) = db.nar_hash(path)? {
+            let expected = format!("sha256:{}", nixhash::hex(&nar.sha256));
+            return match found == expected {
+                true => Ok(None),
+                false => Err(StoreError::Mismatch {
+                    path: path.to_owned(),
+                    found,
+                    expected,
+                }),
+            };
+        }
+        let made = match made {
+            Some((name, made)) => {
+                self.move_into_place(name, base)?;
+                made
+            }
+            None => {
+                let name = self.temp_name();
+                self.records.begin(&name, &self.project)?;
+                let made = farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs);
+                let made = made.map_err(StoreError::from).and_then(|m| {
+                    self.move_into_place(&name, base)?;
+                    Ok(m)
+                });
+                self.take_back(Some(&name))?;
+                made?
+            }
+        };
+        let registered = db.register_source(path, nar);
+        if registered.is_err() {
+            records::remove_entry(&self.store, base)?;
+        }
+        self.records.end(base)?;
+        registered?;
+        Ok(Some(made))
+    }
+
+    /// Renames the files made at `temp` to `base`, over whatever invalid entry stands there: a
+    /// leftover Nix's collector would remove, or another user's entry (Nix removes it too
+    /// before it makes a path).
+    fn move_into_place(&self, temp: &str, base: &str) -> Result<(), StoreError> {
+        self.records.begin(base, &self.project)?;
+        records::remove_entry(&self.store, base)?;
+        rustix::fs::renameat(self.store.fd(), temp, self.store.fd(), base)
+            .map_err(|e| at(&Path::new(STORE_DIR).join(base), e))?;
+        Ok(())
+    }
+
+    /// Removes what is left at the temporary name `temp` (nothing, once renamed into place),
+    /// and its journal entry.
+    fn take_back(&self, temp: Option<&str>) -> Result<(), StoreError> {
+        if let Some(name) = temp {
+            records::remove_entry(&self.store, name)?;
+            self.records.end(name)?;
+        }
+        Ok(())
+    }
+
+    /// A name in the store for files being made, never a store path's: Nix's collector
+    /// removes such an entry (it runs only once the publication lets go of its lock).
+    fn temp_name(&self) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!(".srcstore-{}-{nanos}", std::process::id())
     }
 
     /// Releases this daemon's roots (the paths stay valid until Nix collects them).
