@@ -20,6 +20,15 @@ pub fn unshare_user_namespace() -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread (only it: the kernel gives it a working directory and root of its
+/// own, `CLONE_FS`) into a new mount namespace, a copy of the one it was in.
+pub fn unshare_mount_namespace() -> io::Result<()> {
+    // SAFETY: only CLONE_NEWNS (and the CLONE_FS it implies): no descriptor table is unshared,
+    // so no thread can observe descriptors of another table.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    Ok(())
+}
+
 /// `struct mount_attr` of `<linux/mount.h>` (`MOUNT_ATTR_SIZE_VER0`).
 #[repr(C)]
 struct MountAttr {

@@ -545,3 +545,49 @@ fn a_build_from_a_published_path_keeps_its_projects_cache_volume() {
         "none\n"
     );
 }
+
+#[test]
+fn a_store_mounted_read_only_is_written_from_a_mount_namespace_of_the_publishers_own() {
+    // As on NixOS, where only nix-daemon writes the store: here the daemon starts in a mount
+    // namespace where /nix/store is bound read-only onto itself.
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let log = sb.path("ro.log");
+    let script = format!(
+        "mount --bind /nix/store /nix/store && mount -o remount,bind,ro /nix/store || exit 8
+         if touch /nix/store/.srcstore-probe 2>/dev/null; then exit 9; fi
+         exec {} mount --store --allow-other --mountpoint {} {}",
+        support::srcstore_bin().display(),
+        sb.path("mnt").display(),
+        p.display()
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("HOME", sb.home())
+        .env("SRCSTORE_LOG", "info")
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        mountpoint: sb.path("mnt"),
+        project: p.clone(),
+        log,
+    };
+    support::wait_for("the daemon in a read-only store's namespace", || {
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "the daemon exited: {}",
+            d.log_text()
+        );
+        sb.run(&["path", p.to_str().unwrap()]).status.success()
+    });
+    let path = publish(&sb, &p, &[]);
+    assert_eq!(path, nix_would_give(&sb, &p));
+    verify_path(&path);
+    write(&p.join("a.txt"), "edited on a read-only store\n");
+    let path = publish(&sb, &p, &[]);
+    verify_path(&path);
+    d.stop_with("-TERM");
+}

@@ -159,7 +159,6 @@ impl Server {
                     &dir,
                     rustix::process::geteuid().as_raw(),
                     &paths::socket_path(&runtime, &dir),
-                    &|what| tracing::info!("{what}"),
                 )
                 .map_err(|e| match e {
                     e @ srcstore::store::StoreError::NotRoot => super::exit::refused(e),
@@ -381,7 +380,7 @@ fn publish_first(publisher: Arc<Publisher>, live: Arc<Live>) {
         .name("srcstore-publish".into())
         .spawn(move || {
             let start = std::time::Instant::now();
-            match publisher.publish(&live.current(), &|what| tracing::info!("{what}")) {
+            match publisher.publish(&live.current()) {
                 Ok(p) => tracing::info!(
                     "published {} in {:.2}s{}",
                     p.path,

@@ -182,7 +182,7 @@ fn publish(live: &Live, publisher: &Publisher, sub: Option<&str>) -> Response {
             Err(e) if e.is_failure() => return Response::failed(e.to_string()),
             Err(e) => return Response::error(e.to_string()),
         };
-        match publisher.publish(&snapshot, &|what| tracing::info!("{what}")) {
+        match publisher.publish(&snapshot) {
             Ok(p) => {
                 if let Some(made) = p.made {
                     tracing::info!(

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use rustix::fs::Mode;
@@ -87,9 +87,112 @@ pub struct Published {
     pub made: Option<Made>,
 }
 
-/// One project's publisher: the store, the records, and the roots of this daemon's
-/// publications.
+/// One project's publisher: a thread of its own that publishes, so that where the store is
+/// mounted read-only (NixOS), it alone enters the mount namespace where the store is writable
+/// ([`writable_store`]); the daemon's FUSE view stays where everyone sees it.
 pub struct Publisher {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+/// What the publishing thread is asked to do.
+enum Job {
+    Publish(Snapshot, mpsc::Sender<Result<Published, StoreError>>),
+    Release(mpsc::Sender<()>),
+}
+
+impl Publisher {
+    /// The publisher for the project at `dir` owned by `owner`, whose daemon answers at
+    /// `socket`. Repairs what a publication that died left (each repair logged) and releases a
+    /// previous daemon's roots.
+    pub fn open(dir: &Path, owner: u32, socket: &Path) -> Result<Publisher, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (opened_tx, opened) = mpsc::channel();
+        let (dir, socket) = (dir.to_path_buf(), socket.to_path_buf());
+        std::thread::Builder::new()
+            .name("srcstore-store".into())
+            .spawn(move || {
+                let publishing =
+                    writable_store().and_then(|()| Publishing::open(&dir, owner, &socket));
+                let publishing = match publishing {
+                    Ok(p) => {
+                        let _ = opened_tx.send(Ok(()));
+                        p
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    match job {
+                        Job::Publish(snapshot, answer) => {
+                            let _ = answer.send(publishing.publish(&snapshot));
+                        }
+                        Job::Release(done) => {
+                            publishing.release();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        opened
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the publishing thread panicked").into()))?;
+        Ok(Publisher {
+            jobs: Mutex::new(jobs),
+        })
+    }
+
+    /// Publishes `snapshot` as its `source` path (see [`Publishing::publish`]).
+    pub fn publish(&self, snapshot: &Snapshot) -> Result<Published, StoreError> {
+        let (answer, rx) = mpsc::channel();
+        let job = Job::Publish(snapshot.clone(), answer);
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job);
+        sent.ok()
+            .and_then(|()| rx.recv().ok())
+            .unwrap_or_else(|| Err(io::Error::other("the publishing thread is gone").into()))
+    }
+
+    /// Releases this daemon's roots (the paths stay valid until Nix collects them).
+    pub fn release(&self) {
+        let (done, rx) = mpsc::channel();
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Job::Release(done));
+        if sent.is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// Where the store is mounted read-only (NixOS: only nix-daemon writes it, from a mount
+/// namespace of its own), moves the calling thread into a mount namespace of its own and
+/// remounts the store writable there, as nix-daemon does. Nothing else of the process moves.
+fn writable_store() -> Result<(), StoreError> {
+    let st = rustix::fs::statvfs(STORE_DIR).map_err(|e| at(Path::new(STORE_DIR), e))?;
+    if !st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Ok(());
+    }
+    crate::sys::unshare_mount_namespace().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{STORE_DIR}: mounted read-only, and no mount namespace of srcstore's own to write it from: {e}"),
+        )
+    })?;
+    rustix::mount::mount_remount(STORE_DIR, rustix::mount::MountFlags::BIND, "")
+        .map_err(|e| at(Path::new(STORE_DIR), e))?;
+    Ok(())
+}
+
+/// What the publishing thread holds: the store, the records, and the roots of this daemon's
+/// publications.
+struct Publishing {
     store: crate::beneath::Tree,
     links: OwnedFd,
     records: Records,
@@ -106,19 +209,11 @@ struct State {
     rooted: VecDeque<String>,
 }
 
-impl Publisher {
-    /// The publisher for the project at `dir` owned by `owner`, whose daemon answers at
-    /// `socket`. Repairs what a publication that died left (each repair said through `say`) and
-    /// releases a previous daemon's roots.
-    pub fn open(
-        dir: &Path,
-        owner: u32,
-        socket: &Path,
-        say: &dyn Fn(&str),
-    ) -> Result<Publisher, StoreError> {
+impl Publishing {
+    fn open(dir: &Path, owner: u32, socket: &Path) -> Result<Publishing, StoreError> {
         let (records, store) = open_records()?;
         for line in records.repair(&store)? {
-            say(&line);
+            tracing::info!("{line}");
         }
         let links = match rustix::fs::mkdirat(store.fd(), ".links", Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(Errno::EXIST) => farm::open_dir(store.fd(), ".links"),
@@ -127,7 +222,7 @@ impl Publisher {
         .map_err(|e| at(&Path::new(STORE_DIR).join(".links"), e))?;
         let blobs = blobs::Blobs::open(&records.blobs_log())?;
         let project = records.project(dir, owner, socket)?;
-        Ok(Publisher {
+        Ok(Publishing {
             store,
             links,
             records,
@@ -140,22 +235,17 @@ impl Publisher {
         })
     }
 
-    /// Publishes `snapshot` as its `source` path (see the module docs); `say` hears what it
-    /// waits for.
+    /// Publishes `snapshot` as its `source` path (see the module docs).
     ///
     /// The files are made under a temporary name while the NAR is hashed beside them, on
     /// another thread (the name of the path comes from the hash); the path's lock is taken
     /// once the name is known, and the files are renamed into place and registered only then.
-    pub fn publish(
-        &self,
-        snapshot: &Snapshot,
-        say: &dyn Fn(&str),
-    ) -> Result<Published, StoreError> {
+    fn publish(&self, snapshot: &Snapshot) -> Result<Published, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *state;
         let started = std::time::Instant::now();
         let _gc = locks::GcLock::shared(Path::new(NIX_STATE), || {
-            say("waiting for Nix's garbage collector to finish")
+            tracing::info!("waiting for Nix's garbage collector to finish")
         })?;
         let memo = state.memos.remove(snapshot.prefix());
         // The same tree as the last publication of this subtree: its path, nothing to make
@@ -170,15 +260,18 @@ impl Publisher {
                 let blobs = &mut state.blobs;
                 let (hashed, made) = std::thread::scope(|s| {
                     let farm = s.spawn(|| {
-                        farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs)
+                        let made =
+                            farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs);
+                        tracing::debug!("files made in {:?}", started.elapsed());
+                        made
                     });
                     let hashed = nar::nar_info_since(snapshot, memo.as_ref());
+                    tracing::debug!("NAR hashed in {:?}", started.elapsed());
                     (hashed, farm.join().expect("making a path panicked"))
                 });
                 hashed.and_then(|h| made.map(|m| (h, Some(m))))
             }
         };
-        tracing::debug!("hashed and made: {:?}", started.elapsed());
         let ((nar, next), made_here) = match hashed {
             Ok(h) => h,
             Err(e) => {
@@ -199,7 +292,7 @@ impl Publisher {
         let result = self.register(snapshot, &path, &nar, made, &mut state.blobs);
         self.take_back(temp.as_deref())?;
         let made = result?;
-        tracing::debug!("published: {:?}", started.elapsed());
+        tracing::debug!("published in {:?}", started.elapsed());
         self.records.root(&self.project, base)?;
         state.rooted.retain(|b| b != base);
         state.rooted.push_back(base.to_owned());
@@ -297,8 +390,7 @@ impl Publisher {
         format!(".srcstore-{}-{nanos}", std::process::id())
     }
 
-    /// Releases this daemon's roots (the paths stay valid until Nix collects them).
-    pub fn release(&self) {
+    fn release(&self) {
         let _ = self.records.release(&self.project);
     }
 }
@@ -335,11 +427,12 @@ pub struct Collected {
     pub repaired: Vec<String>,
 }
 
-/// Opens srcstore's records and the store as root must.
+/// Opens srcstore's records and the store as root must, where the store can be written.
 fn open_records() -> Result<(Records, crate::beneath::Tree), StoreError> {
     if !rustix::process::geteuid().is_root() {
         return Err(StoreError::NotRoot);
     }
+    writable_store()?;
     let records = Records::open(Path::new(RECORDS))?;
     let store = crate::beneath::Tree::open(Path::new(STORE_DIR))?;
     Ok((records, store))
