@@ -11,29 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use support::{own, uid_of, write, Sandbox};
+use support::{own, srcstore_as, uid_of, write, Sandbox};
 
 const DEV: &str = "srcstore-dev";
 const OTHER: &str = "srcstore-other";
-
-/// `srcstore ARGS` as `user`, with `env` (and nothing else of ours: no XDG_RUNTIME_DIR unless
-/// given).
-fn srcstore_as(user: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new("setpriv");
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", format!("/home/{user}"))
-        .env("SRCSTORE_LOG", "warn")
-        .envs(env.iter().copied())
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-        ])
-        .arg(support::srcstore_bin())
-        .args(args);
-    c.output().unwrap()
-}
 
 fn one_line_failure(out: &Output) -> String {
     assert!(!out.status.success(), "succeeded: {out:?}");

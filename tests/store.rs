@@ -7,7 +7,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{busybox_store_path, stderr, write, Daemon, Sandbox};
+use support::{
+    busybox_store_path, publish, srcstore_as, stderr, valid, verify_path, write, Daemon, Sandbox,
+};
+
+/// The ordinary user the refusals are for.
+const DEV: &str = "srcstore-dev";
 
 /// A file only this test's project has, so that its paths are its own (a path another test or
 /// an earlier run published is valid already, and nothing is made).
@@ -29,13 +34,6 @@ fn project(sb: &Sandbox) -> PathBuf {
     p
 }
 
-fn publish(sb: &Sandbox, project: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["path", "--store"];
-    args.extend_from_slice(extra);
-    args.push(project.to_str().unwrap());
-    sb.ok(&args).trim().to_owned()
-}
-
 /// The path Nix itself gives `dir` filtered as srcstore filters it: `builtins.path` named
 /// `source`, with the project's ignore rules applied by srcstore's own `hash --nix`.
 fn nix_would_give(sb: &Sandbox, dir: &Path) -> String {
@@ -49,23 +47,6 @@ fn nix(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn valid(path: &str) -> bool {
-    Command::new("nix-store")
-        .args(["--check-validity", path])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-fn verify_path(path: &str) {
-    let out = Command::new("nix-store")
-        .args(["--verify-path", path])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{path}: {}", stderr(&out));
 }
 
 fn ino(path: &Path) -> u64 {
@@ -359,21 +340,18 @@ fn store_mode_for_a_user_who_is_not_root_is_refused_in_one_line() {
     let sb = Sandbox::new();
     let p = project(&sb);
     support::chmod(sb.dir.path(), 0o755);
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=srcstore-dev",
-            "--regid=srcstore-dev",
-            "--init-groups",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", "/home/srcstore-dev")
-        .arg(support::srcstore_bin())
-        .args(["mount", "--store", "--mountpoint"])
-        .arg(sb.path("mnt-dev"))
-        .arg(&p)
-        .output()
-        .unwrap();
+    let mnt = sb.path("mnt-dev");
+    let out = srcstore_as(
+        DEV,
+        &[],
+        &[
+            "mount",
+            "--store",
+            "--mountpoint",
+            mnt.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -484,18 +462,7 @@ fn store_repair_takes_back_what_a_killed_publication_left_and_says_so() {
 #[test]
 fn store_commands_for_a_user_who_is_not_root_are_refused_in_one_line() {
     for cmd in [["store", "status"], ["store", "gc"], ["store", "repair"]] {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=srcstore-dev",
-                "--regid=srcstore-dev",
-                "--init-groups",
-            ])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .arg(support::srcstore_bin())
-            .args(cmd)
-            .output()
-            .unwrap();
+        let out = srcstore_as(DEV, &[], &cmd);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(4), "{cmd:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");

@@ -7,30 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use support::{stderr, write, Daemon, Sandbox};
-
-fn publish(sb: &Sandbox, project: &std::path::Path) -> String {
-    sb.ok(&["path", "--store", project.to_str().unwrap()])
-        .trim()
-        .to_owned()
-}
-
-fn verify_path(path: &str) {
-    let out = Command::new("nix-store")
-        .args(["--verify-path", path])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{path}: {}", stderr(&out));
-}
-
-fn valid(path: &str) -> bool {
-    Command::new("nix-store")
-        .args(["--check-validity", path])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
+use support::{publish, stderr, valid, verify_path, write, Daemon, Sandbox};
 
 #[test]
 fn publishing_while_nix_collects_garbage_in_a_loop_leaves_every_published_path_valid_and_whole() {
@@ -56,7 +33,7 @@ fn publishing_while_nix_collects_garbage_in_a_loop_leaves_every_published_path_v
     let mut published = Vec::new();
     for round in 0..12 {
         write(&p.join("d0/edited"), format!("round {round}\n"));
-        let path = publish(&sb, &p);
+        let path = publish(&sb, &p, &[]);
         verify_path(&path);
         published.push(path);
     }
@@ -80,9 +57,9 @@ fn store_gc_deletes_the_published_paths_no_daemon_roots_any_more() {
     write(&p.join("unique"), sb.dir.path().to_str().unwrap());
     write(&p.join("a"), "one");
     let mut d = Daemon::start(&sb, &p, &["--store"]);
-    let first = publish(&sb, &p);
+    let first = publish(&sb, &p, &[]);
     write(&p.join("a"), "two");
-    let second = publish(&sb, &p);
+    let second = publish(&sb, &p, &[]);
     let status: serde_json::Value =
         serde_json::from_str(&sb.ok(&["store", "status", "--json"])).unwrap();
     assert!(status["published"].as_u64().unwrap() >= 2, "{status}");

@@ -1,6 +1,7 @@
 //! Finding and talking to the daemon that serves a project, from the client side.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -21,7 +22,14 @@ pub fn ask(dir: Option<&Path>, request: Request) -> anyhow::Result<(PathBuf, Res
         )));
     };
     let socket = paths::socket_path(&runtime, &project);
-    let mut client = connect(&socket).map_err(|e| match e.kind() {
+    // A publication to the store may copy a whole project the first time, and waits for a
+    // garbage collection Nix is running: `path` says meanwhile what it waits for.
+    let deadline = match request {
+        Request::Path { store: true, .. } => PUBLISH_DEADLINE,
+        _ => ANSWER_DEADLINE,
+    };
+    let mut client = Client::connect_within(&socket, rustix::process::geteuid().as_raw(), deadline)
+        .map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => {
             exit::refused(format!("{}: {e}", project.display()))
         }
@@ -60,7 +68,11 @@ pub fn runtime_dir(create: bool) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// How long a client waits for an answer; for a publication to the store.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 /// A connection to a daemon of this user's.
 pub fn connect(socket: &Path) -> std::io::Result<Client> {
-    Client::connect(socket, rustix::process::geteuid().as_raw())
+    Client::connect_within(socket, rustix::process::geteuid().as_raw(), ANSWER_DEADLINE)
 }

@@ -25,6 +25,10 @@ const QUIET: Duration = Duration::from_secs(2);
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (answered, waiting) = mpsc::channel::<()>();
     let dir = args.dir.clone();
+    let what = match args.store {
+        true => "to publish the snapshot to the Nix store (the first publication copies the project; a garbage collection Nix runs is waited for)",
+        false => "to bring the snapshot up to date",
+    };
     // A daemon still bringing its snapshot up to date (a long scan) answers late: say so, with
     // the progress `status` shows, rather than sit silent.
     std::thread::spawn(move || {
@@ -42,9 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ))
                 })
                 .unwrap_or_default();
-            eprintln!(
-                "srcstore: waiting for the daemon to bring the snapshot up to date{progress}"
-            );
+            eprintln!("srcstore: waiting for the daemon {what}{progress}");
             wait = Duration::from_secs(5);
         }
     });

@@ -25,14 +25,9 @@ fn timed_out(what: &str) -> std::io::Error {
 }
 
 impl Client {
-    /// Connects to the daemon at `socket`, which must run as `daemon_uid`: an answer from
-    /// anyone else is never believed, and nothing is sent to them.
-    pub fn connect(socket: &Path, daemon_uid: u32) -> std::io::Result<Client> {
-        Client::connect_within(socket, daemon_uid, Duration::from_secs(60))
-    }
-
-    /// [`Client::connect`], giving up on a connection, and on each exchange, that takes longer
-    /// than `timeout`.
+    /// Connects to the daemon at `socket`, which must run as `daemon_uid` (an answer from
+    /// anyone else is never believed, and nothing is sent to them), giving up on a connection,
+    /// and on each exchange, that takes longer than `timeout`.
     pub fn connect_within(
         socket: &Path,
         daemon_uid: u32,

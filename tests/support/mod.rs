@@ -549,3 +549,50 @@ impl OnlyBuildUser {
         OnlyBuildUser { _locks: locks }
     }
 }
+
+/// `srcstore path --store` for `project` (with `extra` arguments): the published store path.
+pub fn publish(sb: &Sandbox, project: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["path", "--store"];
+    args.extend_from_slice(extra);
+    args.push(project.to_str().unwrap());
+    sb.ok(&args).trim().to_owned()
+}
+
+/// Whether Nix holds `path` valid.
+pub fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Asserts that Nix finds `path`'s contents are what it registered.
+pub fn verify_path(path: &str) {
+    let out = Command::new("nix-store")
+        .args(["--verify-path", path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{path}: {}", stderr(&out));
+}
+
+/// `srcstore ARGS` as the ordinary `user` (one of scripts/setup-machine's), with `env` and
+/// nothing else of ours (no XDG_RUNTIME_DIR unless given).
+pub fn srcstore_as(user: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", format!("/home/{user}"))
+        .env("SRCSTORE_LOG", "warn")
+        .envs(env.iter().copied())
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ])
+        .arg(srcstore_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
