@@ -558,3 +558,32 @@ fn a_store_mounted_read_only_is_written_from_a_mount_namespace_of_the_publishers
     verify_path(&path);
     d.stop_with("-TERM");
 }
+
+#[test]
+fn a_build_with_auto_optimise_store_joins_its_output_to_a_published_blob_and_both_verify() {
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let _d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let nix = support::NixBuild::with_attrs(
+        &sb,
+        "optimised",
+        "mkdir $out && cp $src/sub/deep/data $out/data",
+        &format!("{{ src = builtins.storePath \"{path}\"; }}"),
+    );
+    let out = Command::new("nix-build")
+        .args(["--no-out-link", "--option", "auto-optimise-store", "true"])
+        .arg(&nix.expr)
+        .args(["--argstr", "src", "unused"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Nix linked the output's file to the blob srcstore's path already uses.
+    assert_eq!(
+        ino(&Path::new(&built).join("data")),
+        ino(&Path::new(&path).join("sub/deep/data"))
+    );
+    verify_path(&built);
+    verify_path(&path);
+}

@@ -220,6 +220,20 @@ impl Publishing {
             Err(e) => Err(e),
         }
         .map_err(|e| at(&Path::new(STORE_DIR).join(".links"), e))?;
+        // Whoever may change `.links` chooses what a farm's files hold: root alone.
+        let st =
+            rustix::fs::fstat(&links).map_err(|e| at(&Path::new(STORE_DIR).join(".links"), e))?;
+        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{STORE_DIR}/.links: owned by uid {} with mode {:o}, not root's alone: blobs there could be replaced; inspect it, and remove it (as root) if it is not Nix's",
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ),
+            )
+            .into());
+        }
         let blobs = blobs::Blobs::open(&records.blobs_log())?;
         let project = records.project(dir, owner, socket)?;
         Ok(Publishing {
