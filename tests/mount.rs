@@ -710,7 +710,9 @@ fn a_path_asked_while_the_daemon_starts_waits_for_it_and_gets_a_mounted_snapshot
     support::wait_for("the daemon's lock", || {
         fs::read_to_string(&lock).is_ok_and(|l| l.contains(&format!("pid {}", child.id())))
     });
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Its socket answers from then on (a loaded machine may take a while to bind it).
+    let socket = srcstore::daemon::paths::socket_path(&runtime, &project);
+    support::wait_for("the daemon's socket", || socket.exists());
     let out = sb.run(&["path", p.to_str().unwrap()]);
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let served = out.status.success() && Path::new(&answer).join("src/main.c").exists();

@@ -72,3 +72,64 @@ fn store_gc_deletes_the_published_paths_no_daemon_roots_any_more() {
     let said: serde_json::Value = serde_json::from_str(&sb.ok(&["store", "gc", "--json"])).unwrap();
     assert!(!valid(&first) && !valid(&second), "{said}");
 }
+
+#[test]
+fn store_gc_keeps_a_published_path_that_a_valid_derivation_still_uses() {
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    write(&p.join("unique"), sb.dir.path().to_str().unwrap());
+    write(&p.join("a"), "used by a derivation");
+    let mut d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    // A rooted derivation naming the path as an input keeps it alive.
+    let expr = sb.path("uses.nix");
+    std::fs::write(
+        &expr,
+        format!(
+            "derivation {{ name = \"uses\"; system = builtins.currentSystem; builder = \"/bin/sh\"; src = builtins.storePath \"{path}\"; }}"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("nix-instantiate")
+        .arg("--add-root")
+        .arg(sb.path("drv-root"))
+        .arg("--indirect")
+        .arg(&expr)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.stop_with("-TERM");
+    let said: serde_json::Value = serde_json::from_str(&sb.ok(&["store", "gc", "--json"])).unwrap();
+    assert!(said["kept_alive"].as_u64().unwrap() >= 1, "{said}");
+    assert!(valid(&path), "{said}");
+    verify_path(&path);
+}
+
+#[test]
+fn the_roots_of_a_daemon_killed_hard_are_released_by_store_repair() {
+    let sb = Sandbox::new();
+    let p = sb.path("proj");
+    write(&p.join("unique"), sb.dir.path().to_str().unwrap());
+    let mut d = Daemon::start(&sb, &p, &["--store"]);
+    let path = publish(&sb, &p, &[]);
+    let roots = || {
+        let out = Command::new("nix-store")
+            .args(["--gc", "--print-roots"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&path)
+    };
+    assert!(roots(), "{path} is not rooted while published");
+    d.stop_with("-KILL");
+    support::detach(&d.mountpoint);
+    assert!(roots(), "a killed daemon cannot release its roots itself");
+    let said = sb.ok(&["store", "repair"]);
+    assert!(
+        said.contains(&format!(
+            "released the roots of a daemon that is gone ({})",
+            p.display()
+        )),
+        "{said}"
+    );
+    assert!(!roots(), "{path} is still rooted");
+}
