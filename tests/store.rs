@@ -20,6 +20,30 @@ fn unique(sb: &Sandbox, project: &Path) {
     write(&project.join("unique"), sb.dir.path().to_str().unwrap());
 }
 
+/// [`project`], served by a daemon in store mode, and its first published path.
+fn published(sb: &Sandbox) -> (PathBuf, Daemon, String) {
+    let p = project(sb);
+    let d = Daemon::start(sb, &p, &["--store"]);
+    let path = publish(sb, &p, &[]);
+    (p, d, path)
+}
+
+/// A build running `script` with `src` the store path `path` (and `attrs`, Nix attributes).
+fn build_from<'a>(
+    sb: &'a Sandbox,
+    name: &str,
+    script: &str,
+    path: &str,
+    attrs: &str,
+) -> support::NixBuild<'a> {
+    support::NixBuild::with_attrs(
+        sb,
+        name,
+        script,
+        &format!("{{ src = builtins.storePath \"{path}\"; {attrs} }}"),
+    )
+}
+
 /// A project of a few files, an executable and a symlink.
 fn project(sb: &Sandbox) -> PathBuf {
     let p = sb.path("proj");
@@ -56,9 +80,7 @@ fn ino(path: &Path) -> u64 {
 #[test]
 fn a_published_snapshot_is_the_source_path_nix_gives_the_tree_and_nix_verifies_it() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let _d = Daemon::start(&sb, &p, &["--store"]);
-    let path = publish(&sb, &p, &[]);
+    let (p, _d, path) = published(&sb);
     assert_eq!(path, nix_would_give(&sb, &p));
     assert!(path.ends_with("-source"), "{path}");
     // With --no-ignore Nix's own builtins.path gives the same path for the same files.
@@ -259,14 +281,13 @@ fn nix_build_of_a_published_flake_evaluates_purely_and_neither_copies_nor_reads_
 #[test]
 fn a_sandboxed_build_takes_a_published_path_through_builtins_store_path() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let _d = Daemon::start(&sb, &p, &["--store"]);
-    let path = publish(&sb, &p, &[]);
-    let nix = support::NixBuild::with_attrs(
+    let (_, _d, path) = published(&sb);
+    let nix = build_from(
         &sb,
         "classic",
         "cat $src/a.txt $src/sub/run > $out",
-        &format!("{{ src = builtins.storePath \"{path}\"; }}"),
+        &path,
+        "",
     );
     let (out, log) = nix.build("unused");
     let out = out.unwrap_or_else(|| panic!("{log}"));
@@ -279,9 +300,7 @@ fn a_sandboxed_build_takes_a_published_path_through_builtins_store_path() {
 #[test]
 fn a_store_that_requires_signatures_accepts_a_published_path_by_its_content_address() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let _d = Daemon::start(&sb, &p, &["--store"]);
-    let path = publish(&sb, &p, &[]);
+    let (_, _d, path) = published(&sb);
     let other = sb.path("other-store");
     // `require-sigs` is on by default; nothing here turns signature checks off.
     let out = nix(&[
@@ -321,9 +340,7 @@ fn an_entry_standing_at_the_path_is_replaced_and_a_symlink_there_is_never_follow
 #[test]
 fn nix_store_optimise_works_beside_published_paths() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let _d = Daemon::start(&sb, &p, &["--store"]);
-    let path = publish(&sb, &p, &[]);
+    let (p, _d, path) = published(&sb);
     let out = Command::new("nix-store")
         .arg("--optimise")
         .output()
@@ -475,11 +492,12 @@ fn a_build_from_a_published_path_keeps_its_projects_cache_volume() {
     let p = project(&sb);
     let _d = Daemon::start(&sb, &p, &["--store"]);
     let build = |word: &str, src: &str| {
-        let nix = support::NixBuild::with_attrs(
+        let nix = build_from(
             &sb,
             &format!("append-{word}"),
             &format!("echo {word} >> /srcstore/cache/log && cat /srcstore/cache/log > $out"),
-            &format!("{{ srcstoreCache = \"t\"; src = builtins.storePath \"{src}\"; }}"),
+            src,
+            "srcstoreCache = \"t\";",
         );
         let (out, log) = nix.build("unused");
         fs::read_to_string(out.unwrap_or_else(|| panic!("{log}"))).unwrap()
@@ -500,11 +518,12 @@ fn a_build_from_a_published_path_keeps_its_projects_cache_volume() {
     write(&stranger.join("unique"), sb.dir.path().to_str().unwrap());
     write(&stranger.join("x"), "not published\n");
     let added = support::nix_store_keep(&stranger);
-    let nix = support::NixBuild::with_attrs(
+    let nix = build_from(
         &sb,
         "stranger",
         "if [ -d /srcstore/cache ]; then echo mounted; else echo none; fi > $out",
-        &format!("{{ srcstoreCache = \"t\"; src = builtins.storePath \"{added}\"; }}"),
+        &added,
+        "srcstoreCache = \"t\";",
     );
     let (out, log) = nix.build("unused");
     assert_eq!(
@@ -562,14 +581,13 @@ fn a_store_mounted_read_only_is_written_from_a_mount_namespace_of_the_publishers
 #[test]
 fn a_build_with_auto_optimise_store_joins_its_output_to_a_published_blob_and_both_verify() {
     let sb = Sandbox::new();
-    let p = project(&sb);
-    let _d = Daemon::start(&sb, &p, &["--store"]);
-    let path = publish(&sb, &p, &[]);
-    let nix = support::NixBuild::with_attrs(
+    let (_, _d, path) = published(&sb);
+    let nix = build_from(
         &sb,
         "optimised",
         "mkdir $out && cp $src/sub/deep/data $out/data",
-        &format!("{{ src = builtins.storePath \"{path}\"; }}"),
+        &path,
+        "",
     );
     let out = Command::new("nix-build")
         .args(["--no-out-link", "--option", "auto-optimise-store", "true"])
@@ -579,11 +597,16 @@ fn a_build_with_auto_optimise_store_joins_its_output_to_a_published_blob_and_bot
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let built = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    // Nix linked the output's file to the blob srcstore's path already uses.
-    assert_eq!(
-        ino(&Path::new(&built).join("data")),
-        ino(&Path::new(&path).join("sub/deep/data"))
-    );
+    // Nix linked the output's file to the blob in `.links` (one a publication made), named as
+    // Nix names it: the hash of the file's NAR.
+    let published = Path::new(&path).join("sub/deep/data");
+    let hash = Command::new("nix-hash")
+        .args(["--type", "sha256", "--base32"])
+        .arg(&published)
+        .output()
+        .unwrap();
+    let blob = Path::new("/nix/store/.links").join(String::from_utf8_lossy(&hash.stdout).trim());
+    assert_eq!(ino(&Path::new(&built).join("data")), ino(&blob));
     verify_path(&built);
     verify_path(&path);
 }
