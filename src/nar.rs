@@ -79,7 +79,71 @@ pub fn nar_info_since(
             Some(at) => marks.extend(m.marks.iter().take_while(|(o, _)| *o <= at).cloned()),
         }
     }
-    let (resume, mut hasher) = marks.last().cloned().unwrap_or((0, Sha256::new()));
+    let (resume, hasher) = marks.last().cloned().unwrap_or((0, Sha256::new()));
+    let (info, _) = hash_stream(snapshot, resume, hasher, &mut marks, Known)?;
+    let memo = NarMemo {
+        tree: tree.clone(),
+        info,
+        marks,
+    };
+    Ok((info, memo))
+}
+
+/// Hashes the NAR of a tree from `Scanner::unread`, reading each file once: the NAR's SHA-256
+/// and every file's BLAKE3 come from the same bytes, so the scan's hash needs no second read
+/// to prove the NAR's. The snapshot with its contents filled in, and its NAR.
+///
+/// A file that changes while it is read is [`Error::Unstable`]: the NAR has gone out with part of
+/// it, so the caller starts again (or hashes the ordinary way, which waits for it to settle).
+pub fn nar_info_reading(snapshot: &Snapshot) -> Result<(Snapshot, NarInfo), Error> {
+    let (info, contents) = hash_stream(snapshot, 0, Sha256::new(), &mut Vec::new(), Unknown)?;
+    let mut contents = contents.into_iter();
+    let tree = with_contents(snapshot.tree(), &mut contents);
+    Ok((snapshot.with_tree(tree), info))
+}
+
+/// Whether the files' contents are known (and proven as they are read) or learnt by reading.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    Known,
+    Unknown,
+}
+use Contents::{Known, Unknown};
+
+/// `tree` with each file's content the next of `contents` (in NAR order), its directories
+/// hashed anew.
+fn with_contents(tree: &Node, contents: &mut impl Iterator<Item = crate::tree::Hash>) -> Node {
+    match tree {
+        Node::File(f) => Node::File(std::sync::Arc::new(crate::tree::File::new(
+            contents.next().expect("a content for every file"),
+            f.executable(),
+            f.stamp,
+            true,
+        ))),
+        Node::Symlink(_) => tree.clone(),
+        Node::Dir(d) => Node::Dir(std::sync::Arc::new(crate::tree::Dir::new(
+            d.entries
+                .iter()
+                .map(|e| crate::tree::Entry {
+                    name: e.name.clone(),
+                    node: with_contents(&e.node, contents),
+                })
+                .collect(),
+        ))),
+    }
+}
+
+/// Streams the snapshot's NAR from `from` (a node's start; `hasher` holds the state there)
+/// through SHA-256 on this thread while another reads and frames it, pushing a mark into
+/// `marks` every [`MARK_EVERY`]; the NAR, and with [`Unknown`] contents each file's BLAKE3 in
+/// NAR order.
+fn hash_stream(
+    snapshot: &Snapshot,
+    from: u64,
+    mut hasher: Sha256,
+    marks: &mut Vec<(u64, Sha256)>,
+    contents: Contents,
+) -> Result<(NarInfo, Vec<crate::tree::Hash>), Error> {
     let (full_tx, full_rx) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
@@ -92,11 +156,12 @@ pub fn nar_info_since(
                     full: full_tx,
                     empty: empty_rx,
                 };
-                write_into(snapshot, &mut sink, resume, MARK_EVERY)?;
-                sink.send().map_err(|e| Error::io(snapshot.dir(), e))
+                let read = write_into(snapshot, &mut sink, from, MARK_EVERY, contents)?;
+                sink.send().map_err(|e| Error::io(snapshot.dir(), e))?;
+                Ok(read)
             })
             .map_err(|e| Error::io(snapshot.dir(), e))?;
-        let mut size = resume;
+        let mut size = from;
         for piece in full_rx {
             match piece {
                 Piece::Bytes(buf, filled) => {
@@ -110,17 +175,12 @@ pub fn nar_info_since(
                 }
             }
         }
-        producer.join().expect("the NAR reader panicked")?;
+        let read = producer.join().expect("the NAR reader panicked")?;
         let info = NarInfo {
             sha256: hasher.finalize().into(),
             size,
         };
-        let memo = NarMemo {
-            tree: tree.clone(),
-            info,
-            marks,
-        };
-        Ok((info, memo))
+        Ok((info, read))
     })
 }
 
@@ -134,17 +194,21 @@ pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error>
         },
         0,
         u64::MAX,
+        Known,
     )
+    .map(drop)
 }
 
 /// Writes the snapshot's NAR from the offset `from` (a node's start) on, into `out`, marking
-/// node starts at least `mark_every` apart.
+/// node starts at least `mark_every` apart; with [`Unknown`] contents, each file's BLAKE3 as
+/// read, in NAR order.
 fn write_into(
     snapshot: &Snapshot,
     out: &mut impl Sink,
     from: u64,
     mark_every: u64,
-) -> Result<(), Error> {
+    contents: Contents,
+) -> Result<Vec<crate::tree::Hash>, Error> {
     let mut w = NarWriter {
         out,
         at: Cursor::new(snapshot),
@@ -152,9 +216,12 @@ fn write_into(
         skip_to: from,
         mark_every,
         last_mark: from,
+        contents,
+        read: Vec::new(),
     };
     w.str(b"nix-archive-1")?;
-    w.node(snapshot.tree())
+    w.node(snapshot.tree())?;
+    Ok(w.read)
 }
 
 /// Where the NAR goes: bytes, and the marks a memo keeps.
@@ -328,6 +395,9 @@ struct NarWriter<'a, S> {
     skip_to: u64,
     mark_every: u64,
     last_mark: u64,
+    contents: Contents,
+    /// With [`Unknown`] contents: each file's BLAKE3, as read.
+    read: Vec<crate::tree::Hash>,
 }
 
 fn padding(len: u64) -> usize {
@@ -427,7 +497,13 @@ impl<S: Sink> NarWriter<'_, S> {
                 self.raw(&f.size().to_le_bytes())?;
                 // A mark is a node's start, so a file is written whole or skipped whole.
                 debug_assert!(self.offset >= self.skip_to);
-                self.at.contents(f, &mut *self.out)?;
+                match self.contents {
+                    Known => self.at.contents(f, &mut *self.out)?,
+                    Unknown => {
+                        let hash = self.at.contents_unknown(f, &mut *self.out)?;
+                        self.read.push(hash);
+                    }
+                }
                 self.offset += f.size();
                 self.raw(&[0; 8][..padding(f.size())])?;
             }
@@ -502,5 +578,38 @@ mod tests {
             assert_eq!(resumed, nar_info(&snapshot).unwrap(), "edit {i}");
             memo = next;
         }
+    }
+
+    #[test]
+    fn one_reading_pass_gives_the_nar_and_the_snapshot_that_two_passes_give() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        for i in 0..30 {
+            let sub = d.join(format!("d{}", i % 4));
+            fs::create_dir_all(&sub).unwrap();
+            fs::write(sub.join(format!("f{i}")), vec![i as u8; 1000 * i]).unwrap();
+        }
+        fs::set_permissions(d.join("d1/f1"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("d0", d.join("link")).unwrap();
+        let two = scan(d);
+        let unread = Scanner::new(d, Filter::All).unread().scan().unwrap();
+        let (one, info) = nar_info_reading(&unread).unwrap();
+        assert_eq!(info, nar_info(&two).unwrap());
+        assert_eq!(one.basename(), two.basename());
+        // The filled-in snapshot is a snapshot like any other: its files prove their bytes.
+        assert_eq!(nar_info(&one).unwrap(), info);
+    }
+
+    #[test]
+    fn a_file_changed_after_the_walk_that_did_not_read_it_is_unstable_never_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"before").unwrap();
+        let unread = Scanner::new(t.path(), Filter::All).unread().scan().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(t.path().join("f"), b"after, and longer").unwrap();
+        assert!(matches!(
+            nar_info_reading(&unread),
+            Err(Error::Unstable { .. })
+        ));
     }
 }

@@ -64,6 +64,8 @@ pub struct Scanner {
     progress: Arc<AtomicU64>,
     on_dir: Option<DirHook>,
     links: Option<Links>,
+    /// Whether files are read and hashed (else stat-ed only: see [`Scanner::unread`]).
+    contents: bool,
 }
 
 /// Where a walk notes the files it saw with more than one link (their paths below the root):
@@ -98,7 +100,16 @@ impl Scanner {
             progress: Arc::default(),
             on_dir: None,
             links: None,
+            contents: true,
         }
+    }
+
+    /// Stat files, never read them: each file's content hash is left unknown (all zeros) for
+    /// the one pass that reads it to fill in ([`crate::nar::nar_info_reading`]). Such a tree
+    /// is no snapshot until then.
+    pub fn unread(mut self) -> Self {
+        self.contents = false;
+        self
     }
 
     /// See [`Links`].

@@ -65,16 +65,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let had_index = previous.is_some();
     let previous_id = previous.as_ref().map(|t| t.id());
 
-    let scan = |previous: Option<srcstore::tree::Node>| -> anyhow::Result<_> {
+    // Without an index every file is read anyway: with --nix, in the one pass that hashes the
+    // NAR (the NAR's SHA-256 and each file's BLAKE3 from the same bytes), after a walk that
+    // only stats. A file that changed while read sends it the ordinary way, which waits for it.
+    let fused = args.nix && args.no_index;
+    let scan = |previous: Option<srcstore::tree::Node>, fused: bool| -> anyhow::Result<_> {
         let from_index = previous.is_some();
         let progress = Arc::new(AtomicU64::new(0));
         let spinner = Spinner::start(progress.clone());
-        let (snapshot, stats) = Scanner::new(&dir, filter)
+        let scanner = Scanner::new(&dir, filter)
             .name(args.name.clone())
             .previous(previous)
-            .progress(progress)
-            .scan_with_stats()?;
+            .progress(progress);
+        let scanner = match fused {
+            true => scanner.unread(),
+            false => scanner,
+        };
+        let (snapshot, mut stats) = scanner.scan_with_stats()?;
         drop(spinner);
+        if fused {
+            let (snapshot, nar) = nar::nar_info_reading(&snapshot)?;
+            stats.hashed = stats.files;
+            return Ok((snapshot, stats, Ok(Some(nar))));
+        }
         if let Some(p) = &index_path {
             if !from_index || stats.hashed > 0 || Some(snapshot.tree().id()) != previous_id {
                 if let Err(e) = index::save(p, &dir, filter, snapshot.tree()) {
@@ -85,12 +98,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let nar = args.nix.then(|| nar::nar_info(&snapshot)).transpose();
         Ok((snapshot, stats, nar))
     };
-    let (mut snapshot, mut stats, mut nar) = scan(previous)?;
+    let scanned = match scan(previous.clone(), fused) {
+        Err(e) if fused && matches!(e.downcast_ref(), Some(srcstore::Error::Unstable { .. })) => {
+            scan(previous, false)
+        }
+        r => r,
+    };
+    let (mut snapshot, mut stats, mut nar) = scanned?;
     // A stamp the index trusted vouched for bytes that changed behind it (a write through a
     // mapping moves none): the NAR's proof refused them. Hash every file again, once, and keep
     // that index, rather than fail every later run the same way.
     if had_index && matches!(nar, Err(srcstore::Error::Stale { .. })) {
-        (snapshot, stats, nar) = scan(None)?;
+        (snapshot, stats, nar) = scan(None, false)?;
     }
     let nar = nar?;
     let report = Report {

@@ -44,6 +44,7 @@ pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), 
         hook: scanner.on_dir.as_deref(),
         progress: &scanner.progress,
         links: scanner.links.as_ref(),
+        contents: scanner.contents,
         threads: scanner.threads.max(1),
         queue: Mutex::new(Queue::default()),
         wake: Condvar::new(),
@@ -99,6 +100,8 @@ struct Shared<'a> {
     hook: Option<&'a super::DirHookFn>,
     progress: &'a AtomicU64,
     links: Option<&'a Links>,
+    /// Whether files are read and hashed, or only stat-ed (`Scanner::unread`).
+    contents: bool,
     threads: usize,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -447,8 +450,10 @@ impl Shared<'_> {
     ) -> Result<Node, Error> {
         let mut st = None;
         // A file the previous tree has is checked by its stamp; so is anything `d_type`
-        // does not name.
-        if kind == Kind::Unknown || (kind == Kind::File && matches!(prev, Some(Node::File(_)))) {
+        // does not name, and every file when files are not read.
+        if kind == Kind::Unknown
+            || (kind == Kind::File && (!self.contents || matches!(prev, Some(Node::File(_)))))
+        {
             let s = match self.stat(fd, name, job) {
                 Ok(s) => s,
                 Err(e) if e.vanished() => return Ok(gone()),
@@ -496,6 +501,17 @@ impl Shared<'_> {
                     }
                 }
                 Ok(Node::Symlink(Arc::new(Symlink::new(target.into()))))
+            }
+            Kind::File if !self.contents => {
+                let st = st.as_ref().expect("stat-ed above");
+                stats.files += 1;
+                stats.bytes += st.st_size as u64;
+                Ok(Node::File(Arc::new(File::new(
+                    [0; 32],
+                    read::exec_of_stat(st),
+                    read::stamp_of_stat(st),
+                    true,
+                ))))
             }
             Kind::File => {
                 if let (Some(st), Some(Node::File(old))) = (&st, prev) {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use super::read;
 use super::verify::{self, Out, Unproven};
-use crate::tree::File;
+use crate::tree::{File, Hash};
 use crate::{Error, Snapshot};
 
 pub(crate) struct Cursor<'a> {
@@ -94,5 +94,31 @@ impl<'a> Cursor<'a> {
         let (dir, name) = self.place();
         let (file, stamp) = verify::open_backing(dir, name).map_err(unproven)?;
         verify::prove(&file, stamp, f, 0..f.size(), None, out).map_err(unproven)
+    }
+
+    /// Copies the bytes of the file the walk is at into `out` when its content is not known
+    /// yet (a tree from `Scanner::unread`); their BLAKE3 hash, which then is its content. The
+    /// file must have `f`'s stamp before and after the read, else it changed while being hashed
+    /// ([`Error::Unstable`]), and what went to `out` must be discarded.
+    pub fn contents_unknown(&self, f: &File, out: &mut impl Out) -> Result<Hash, Error> {
+        let changed = || Error::Unstable {
+            path: self.abs_path(),
+        };
+        let (dir, name) = self.place();
+        let (file, stamp) = verify::open_backing(dir, name).map_err(|e| match e {
+            Unproven::Io(e) => self.io(e),
+            Unproven::Stale | Unproven::Torn => changed(),
+        })?;
+        if stamp != f.stamp {
+            return Err(changed());
+        }
+        let hash = verify::read_into(&file, f.size(), out).map_err(|e| match e {
+            Some(e) => self.io(e),
+            None => changed(),
+        })?;
+        match read::stamp_of_file(&file).map_err(|e| self.io(e))? == stamp {
+            true => Ok(hash),
+            false => Err(changed()),
+        }
     }
 }

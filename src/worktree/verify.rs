@@ -160,7 +160,7 @@ pub(crate) fn prove(
 }
 
 /// A proof's own failure: `None` when the bytes are not the content, else why reading failed.
-type Failed = Option<io::Error>;
+pub(crate) type Failed = Option<io::Error>;
 
 /// Reads into `buf` from `at` until it is full or the file ends; how much it read.
 fn read_full_at(backing: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize> {
@@ -178,13 +178,19 @@ fn read_full_at(backing: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize
 
 /// The whole file, read straight into `out` and hashed on the way.
 fn whole_into(backing: &fs::File, file: &File, out: &mut impl Out) -> Result<(), Failed> {
+    (read_into(backing, file.size(), out)? == file.content)
+        .then_some(())
+        .ok_or(None)
+}
+
+/// The first `size` bytes of `backing`, read straight into `out`; their BLAKE3 hash. A file
+/// that ends before is `Err(None)`. Proves nothing by itself: see [`prove`].
+pub(crate) fn read_into(backing: &fs::File, size: u64, out: &mut impl Out) -> Result<Hash, Failed> {
     let mut hasher = blake3::Hasher::new();
     let mut at = 0;
-    while at < file.size() {
+    while at < size {
         let room = out.room()?;
-        let want = room
-            .len()
-            .min((file.size() - at).try_into().unwrap_or(usize::MAX));
+        let want = room.len().min((size - at).try_into().unwrap_or(usize::MAX));
         let n = match backing.read_at(&mut room[..want], at) {
             Ok(0) => return Err(None),
             Ok(n) => n,
@@ -195,9 +201,7 @@ fn whole_into(backing: &fs::File, file: &File, out: &mut impl Out) -> Result<(),
         out.filled(n)?;
         at += n as u64;
     }
-    (hasher.finalize().as_bytes() == &file.content)
-        .then_some(())
-        .ok_or(None)
+    Ok(*hasher.finalize().as_bytes())
 }
 
 /// Hands on the part of `buf` (the file's bytes from `at`) that falls in `from..to`.
