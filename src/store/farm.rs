@@ -84,13 +84,7 @@ impl Farm<'_> {
             Node::File(f) => self.file(f, parent, name)?,
             Node::Dir(d) => {
                 rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)).map_err(io)?;
-                let dir = rustix::fs::openat(
-                    parent,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(io)?;
+                let dir = open_dir(parent, name).map_err(io)?;
                 self.at.open_dir()?;
                 for e in d.entries.iter() {
                     let back = self.at.enter(&e.name);
@@ -175,7 +169,10 @@ impl Out for Copy {
 }
 
 /// Opens `name` below `dir` as a directory, never through a link.
-pub(super) fn open_dir(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<OwnedFd> {
+pub(super) fn open_dir(
+    dir: BorrowedFd<'_>,
+    name: impl rustix::path::Arg,
+) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         name,

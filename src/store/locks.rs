@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::at;
+
 /// Nix's garbage collector lock, held shared.
 pub struct GcLock {
     _held: OwnedFd,
@@ -101,9 +103,4 @@ impl Drop for PathLock<'_> {
         let _ = rustix::fs::unlinkat(self.store, self.name.as_str(), AtFlags::empty());
         let _ = rustix::io::write(self.fd.as_fd(), b"d");
     }
-}
-
-fn at(path: &Path, e: Errno) -> io::Error {
-    let e = io::Error::from(e);
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }

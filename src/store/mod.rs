@@ -500,9 +500,10 @@ pub fn gc() -> Result<Collected, StoreError> {
     Ok(c)
 }
 
+/// `e`, its message naming `path`.
 fn at(path: &Path, e: Errno) -> io::Error {
     let e = io::Error::from(e);
-    io::Error::new(e.kind(), format!("{}: {e}", PathBuf::from(path).display()))
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// The store path's name (its last component).

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{nixdb::NixDb, NIX_STATE, STORE_DIR};
+use super::{at, nixdb::NixDb, NIX_STATE, STORE_DIR};
 use crate::beneath::Tree;
 
 pub struct Records {
@@ -305,9 +305,4 @@ fn open_lock(path: &Path) -> io::Result<OwnedFd> {
         Mode::from_raw_mode(0o600),
     )
     .map_err(|e| at(path, e))
-}
-
-fn at(path: &Path, e: Errno) -> io::Error {
-    let e = io::Error::from(e);
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
