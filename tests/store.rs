@@ -532,6 +532,55 @@ fn a_build_from_a_published_path_keeps_its_projects_cache_volume() {
     );
 }
 
+/// `srcstore mount --store` on `project`, run by a shell that first runs `setup` in a mount
+/// namespace of its own (what it mounts there, nobody else sees).
+fn in_namespace(sb: &Sandbox, project: &Path, setup: &str) -> Command {
+    let script = format!(
+        "{setup}\nexec {} mount --store --allow-other --mountpoint {} {}",
+        support::srcstore_bin().display(),
+        sb.path("mnt").display(),
+        project.display()
+    );
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("HOME", sb.home())
+        .env("SRCSTORE_LOG", "info");
+    c
+}
+
+#[test]
+fn a_links_directory_another_user_can_write_is_refused_before_anything_is_published() {
+    // Whoever can change `.links` chooses what a farm's files hold: here a build user's.
+    let sb = Sandbox::new();
+    let p = project(&sb);
+    let setup = format!(
+        "mount -t tmpfs -o mode=0777,uid={} tmpfs /nix/store/.links || exit 8",
+        support::uid_of(DEV)
+    );
+    let mut child = in_namespace(&sb, &p, &setup)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon that started instead of refusing would serve until stopped.
+    let refused = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        child.try_wait().unwrap().is_some()
+    });
+    if !refused {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(refused, "the daemon started with such a .links: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/nix/store/.links") && err.contains("not root's alone"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_store_mounted_read_only_is_written_from_a_mount_namespace_of_the_publishers_own() {
     // As on NixOS, where only nix-daemon writes the store: here the daemon starts in a mount
@@ -539,22 +588,16 @@ fn a_store_mounted_read_only_is_written_from_a_mount_namespace_of_the_publishers
     let sb = Sandbox::new();
     let p = project(&sb);
     let log = sb.path("ro.log");
-    let script = format!(
+    let child = in_namespace(
+        &sb,
+        &p,
         "mount --bind /nix/store /nix/store && mount -o remount,bind,ro /nix/store || exit 8
-         if touch /nix/store/.srcstore-probe 2>/dev/null; then exit 9; fi
-         exec {} mount --store --allow-other --mountpoint {} {}",
-        support::srcstore_bin().display(),
-        sb.path("mnt").display(),
-        p.display()
-    );
-    let child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env("HOME", sb.home())
-        .env("SRCSTORE_LOG", "info")
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+         if touch /nix/store/.srcstore-probe 2>/dev/null; then exit 9; fi",
+    )
+    .stdout(fs::File::create(&log).unwrap())
+    .stderr(fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
     let mut d = Daemon {
         child,
         mountpoint: sb.path("mnt"),

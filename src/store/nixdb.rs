@@ -130,3 +130,33 @@ impl NixDb {
             .map_err(|e| self.sql(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_another_schema_is_refused_in_one_line_naming_its_schema_file() {
+        let state = tempfile::tempdir().unwrap();
+        fs::create_dir(state.path().join("db")).unwrap();
+        fs::write(state.path().join("db/schema"), "11").unwrap();
+        let e = NixDb::open(state.path()).err().expect("refused");
+        let said = e.to_string();
+        assert!(matches!(e, DbError::Schema { .. }), "{said}");
+        assert!(
+            said.contains("db/schema") && said.contains("\"11\""),
+            "{said}"
+        );
+        assert_eq!(said.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_database_is_an_error_naming_it_never_a_new_one() {
+        let state = tempfile::tempdir().unwrap();
+        fs::create_dir(state.path().join("db")).unwrap();
+        fs::write(state.path().join("db/schema"), "10").unwrap();
+        let e = NixDb::open(state.path()).err().expect("refused");
+        assert!(e.to_string().contains("db.sqlite"), "{e}");
+        assert!(!state.path().join("db/db.sqlite").exists());
+    }
+}
