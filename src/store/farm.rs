@@ -102,15 +102,18 @@ impl Farm<'_> {
     }
 
     fn file(&mut self, f: &File, parent: BorrowedFd<'_>, name: &[u8]) -> Result<(), Error> {
+        let mut full = false;
         if let Some(blob) = self.blobs.name(&f.content, f.executable()) {
             match rustix::fs::linkat(self.links, blob.as_str(), parent, name, AtFlags::empty()) {
                 Ok(()) => {
                     self.made.linked += 1;
                     return Ok(());
                 }
-                // The collector took the blob (no path linked to it), or it has as many links
-                // as the filesystem allows: a copy of its own.
-                Err(Errno::NOENT | Errno::MLINK) => {}
+                // The collector took the blob (no path linked to it): a copy, the new blob.
+                Err(Errno::NOENT) => {}
+                // As many links as the filesystem allows (65,000 on ext4): a copy, which
+                // becomes the blob later paths link to.
+                Err(Errno::MLINK) => full = true,
                 Err(e) => return Err(self.at.io(e.into())),
             }
         }
@@ -137,16 +140,32 @@ impl Farm<'_> {
         self.made.copied_bytes += f.size();
         let nar = copy.nar.finish();
         let blob = crate::nixhash::base32(&nar);
-        match rustix::fs::linkat(parent, name, self.links, blob.as_str(), AtFlags::empty()) {
-            // Already there (Nix's optimiser, or a copy made when a blob was full): the name
-            // says it holds these bytes all the same.
+        let linked = match full {
+            false => rustix::fs::linkat(parent, name, self.links, blob.as_str(), AtFlags::empty()),
+            true => self.replace_blob(parent, name, &blob),
+        };
+        match linked {
+            // Already there (put by Nix's optimiser): the name says it holds these bytes all
+            // the same.
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(Errno::MLINK) => return Ok(()),
             Err(e) => return Err(io(e.into())),
         }
         self.blobs
             .insert(f.content, f.executable(), nar)
             .map_err(|e| Error::io(std::path::PathBuf::from(".links"), e))
+    }
+
+    /// Makes the new file `name` in `parent` the blob `blob` in place of one that has as many
+    /// links as the filesystem allows: linked at a name of its own, then renamed over it. Paths linked to the old inode
+    /// keep it; the content is the same, the NAR hash of the new file's own bytes names it.
+    fn replace_blob(&self, parent: BorrowedFd<'_>, name: &[u8], blob: &str) -> Result<(), Errno> {
+        let temp = format!(".srcstore-{}-{blob}", std::process::id());
+        match rustix::fs::unlinkat(self.links, temp.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+        rustix::fs::linkat(parent, name, self.links, temp.as_str(), AtFlags::empty())?;
+        rustix::fs::renameat(self.links, temp.as_str(), self.links, blob)
     }
 }
 
@@ -179,4 +198,114 @@ pub(super) fn open_dir(
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Filter, Scanner};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A small ext4 filesystem of its own, mounted for one test, so that its link limit is
+    /// reached without touching the machine's.
+    struct Ext4 {
+        _dir: tempfile::TempDir,
+        mnt: std::path::PathBuf,
+    }
+
+    impl Ext4 {
+        fn new() -> Ext4 {
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("image");
+            let mnt = dir.path().join("mnt");
+            fs::create_dir(&mnt).unwrap();
+            fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mnt));
+            Ext4 { _dir: dir, mnt }
+        }
+    }
+
+    impl Drop for Ext4 {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.mnt).status();
+        }
+    }
+
+    fn run(c: &mut Command) {
+        let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ino(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn a_blob_at_the_filesystems_link_limit_is_copied_once_and_the_copy_is_linked_from_then_on() {
+        let fs4 = Ext4::new();
+        let store = fs4.mnt.join("store");
+        fs::create_dir_all(store.join(".links")).unwrap();
+        let fill = fs4.mnt.join("fill");
+        fs::create_dir(&fill).unwrap();
+        let project = tempfile::tempdir().unwrap();
+        fs::write(project.path().join("__init__.py"), b"# a package\n").unwrap();
+        let snapshot = Scanner::new(project.path(), Filter::All).scan().unwrap();
+        let mut blobs = Blobs::open(&fs4.mnt.join("blobs")).unwrap();
+        let dir = |p: &Path| open_dir(rustix::fs::CWD, p).unwrap();
+        let (store_fd, links) = (dir(&store), dir(&store.join(".links")));
+        let mut publish = |name: &str| {
+            make(&snapshot, store_fd.as_fd(), name, links.as_fd(), &mut blobs).unwrap()
+        };
+
+        let first = publish("p0");
+        assert_eq!((first.copied, first.linked), (1, 0));
+        let blob = fs::read_dir(store.join(".links"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .next()
+            .unwrap();
+        assert_eq!(ino(&blob), ino(&store.join("p0/__init__.py")));
+        // ext4's limit is 65,000 links: the path's and the blob's own name, and the rest here.
+        for i in 0..64_998 {
+            fs::hard_link(&blob, fill.join(i.to_string())).unwrap();
+        }
+        assert_eq!(fs::metadata(&blob).unwrap().nlink(), 65_000);
+
+        let full = publish("p1");
+        assert_eq!((full.copied, full.linked), (1, 0), "a full blob is copied");
+        assert_ne!(
+            ino(&store.join("p1/__init__.py")),
+            ino(&store.join("p0/__init__.py"))
+        );
+        assert_eq!(
+            ino(&blob),
+            ino(&store.join("p1/__init__.py")),
+            "the copy is the blob now"
+        );
+        let after = publish("p2");
+        assert_eq!(
+            (after.copied, after.linked),
+            (0, 1),
+            "later paths link to the copy"
+        );
+        assert_eq!(ino(&store.join("p2/__init__.py")), ino(&blob));
+        for p in ["p0", "p1", "p2"] {
+            assert_eq!(
+                fs::read(store.join(p).join("__init__.py")).unwrap(),
+                b"# a package\n"
+            );
+        }
+        let names: Vec<_> = fs::read_dir(store.join(".links")).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary name is left in .links");
+    }
 }
