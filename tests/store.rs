@@ -477,6 +477,54 @@ fn store_repair_takes_back_what_a_killed_publication_left_and_says_so() {
 }
 
 #[test]
+fn path_store_says_while_it_waits_how_far_the_publication_has_come() {
+    let sb = Sandbox::new();
+    let (p, d, _) = published(&sb);
+    // New to the store (no blob to link): each is copied.
+    let unique = sb.dir.path().display().to_string();
+    for i in 0..1000 {
+        write(&p.join(format!("new/f{i}")), format!("{unique} {i}"));
+    }
+    // Each file the publication makes takes 5 ms longer to get its mode: 5 s in all.
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fchmod"])
+        .args(["-e", "inject=fchmod:delay_exit=5000", "-p"])
+        .arg(d.child.id().to_string())
+        .spawn()
+        .expect("strace");
+    let tasks = format!("/proc/{}/task", d.child.id());
+    support::wait_for("strace to attach to every thread", || {
+        fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+            fs::read_to_string(t.path().join("status"))
+                .is_ok_and(|s| !s.contains("TracerPid:\t0\n"))
+        })
+    });
+    let out = sb.run(&["path", "--store", p.to_str().unwrap()]);
+    Command::new("kill")
+        .arg(strace.id().to_string())
+        .status()
+        .unwrap();
+    strace.wait().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let total = d.status(&sb)["files"].as_u64().unwrap();
+    let said = err
+        .lines()
+        .find_map(|l| l.split_once(": publishing for ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("path never said how far the publication had come: {err}"));
+    let numbers: Vec<u64> = said
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [_, files, of, copied] = numbers[..] else {
+        panic!("{said}")
+    };
+    assert_eq!(of, total, "{said}");
+    assert!(0 < files && files < total, "{said}");
+    assert!(copied > 0, "{said}");
+}
+
+#[test]
 fn store_commands_for_a_user_who_is_not_root_are_refused_in_one_line() {
     for cmd in [["store", "status"], ["store", "gc"], ["store", "repair"]] {
         let out = srcstore_as(DEV, &[], &cmd);

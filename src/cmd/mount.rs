@@ -380,7 +380,21 @@ fn publish_first(publisher: Arc<Publisher>, live: Arc<Live>) {
         .name("srcstore-publish".into())
         .spawn(move || {
             let start = std::time::Instant::now();
-            match publisher.publish(&live.current()) {
+            let (done, over) = mpsc::channel::<()>();
+            let log = publisher.clone();
+            // The first publication copies the whole project: say how far it has come.
+            std::thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    over.recv_timeout(Duration::from_secs(10))
+                {
+                    if let Some(p) = log.progress() {
+                        tracing::info!("{p}");
+                    }
+                }
+            });
+            let published = publisher.publish(&live.current());
+            drop(done);
+            match published {
                 Ok(p) => tracing::info!(
                     "published {} in {:.2}s{}",
                     p.path,

@@ -4,6 +4,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use srcstore::daemon::Request;
+use srcstore::store::ProgressNow;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,13 +38,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let progress = super::daemon::ask(dir.as_deref(), Request::Status)
                 .ok()
                 .and_then(|(_, r)| r.status)
-                .and_then(|s| {
-                    let u = s.get("updating")?;
-                    Some(format!(
+                .and_then(|s| match (s.get("updating"), s.get("publishing")) {
+                    (Some(u), _) if !u.is_null() => Some(format!(
                         ": an update running for {:.0}s, {} entries looked at so far",
                         u["seconds"].as_f64()?,
                         u["entries"].as_u64()?
-                    ))
+                    )),
+                    (_, Some(p)) => {
+                        let p: ProgressNow = serde_json::from_value(p.clone()).ok()?;
+                        Some(format!(": {p}"))
+                    }
+                    _ => None,
                 })
                 .unwrap_or_default();
             eprintln!("srcstore: waiting for the daemon {what}{progress}");

@@ -87,6 +87,9 @@ impl Handler for LiveHandler {
                 if let Some(v) = &self.volume {
                     status["volume"] = v.root().display().to_string().into();
                 }
+                if let Some(p) = self.publisher.as_ref().and_then(|p| p.progress()) {
+                    status["publishing"] = serde_json::to_value(p).unwrap_or_default();
+                }
                 ok(Response {
                     status: Some(status),
                     ..Default::default()

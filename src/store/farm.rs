@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use super::blobs::Blobs;
+use super::Progress;
 use crate::nar::FileNarHash;
 use crate::tree::{File, Node};
 use crate::worktree::cursor::Cursor;
@@ -33,9 +34,10 @@ pub struct Made {
     pub dirs: u64,
 }
 
-pub(super) struct Farm<'a> {
+struct Farm<'a> {
     at: Cursor<'a>,
     links: BorrowedFd<'a>,
+    progress: &'a Progress,
     blobs: &'a mut Blobs,
     made: Made,
     buf: Vec<u8>,
@@ -53,23 +55,33 @@ const ONE: Timestamps = Timestamps {
     },
 };
 
-/// Makes `snapshot` as the entry `name` of the store directory `store`, linking from and adding
-/// to the blobs in `links`. On an error, what was made is left for the caller to remove.
+/// Where a farm is made.
+pub(super) struct At<'a> {
+    /// The store directory.
+    pub store: BorrowedFd<'a>,
+    /// Its `.links`, where the blobs are.
+    pub links: BorrowedFd<'a>,
+    /// Told of every file made.
+    pub progress: &'a Progress,
+}
+
+/// Makes `snapshot` as the entry `name` of the store directory, linking from and adding to the
+/// blobs in `.links`. On an error, what was made is left for the caller to remove.
 pub(super) fn make(
     snapshot: &Snapshot,
-    store: BorrowedFd<'_>,
+    at: At<'_>,
     name: &str,
-    links: BorrowedFd<'_>,
     blobs: &mut Blobs,
 ) -> Result<Made, Error> {
     let mut farm = Farm {
         at: Cursor::new(snapshot),
-        links,
+        links: at.links,
+        progress: at.progress,
         blobs,
         made: Made::default(),
         buf: vec![0; 256 << 10],
     };
-    farm.node(snapshot.tree(), store, name.as_bytes())?;
+    farm.node(snapshot.tree(), at.store, name.as_bytes())?;
     Ok(farm.made)
 }
 
@@ -107,6 +119,7 @@ impl Farm<'_> {
             match rustix::fs::linkat(self.links, blob.as_str(), parent, name, AtFlags::empty()) {
                 Ok(()) => {
                     self.made.linked += 1;
+                    self.progress.made(0);
                     return Ok(());
                 }
                 // The collector took the blob (no path linked to it): a copy, the new blob.
@@ -138,6 +151,7 @@ impl Farm<'_> {
         rustix::fs::futimens(&copy.file, &ONE).map_err(|e| io(e.into()))?;
         self.made.copied += 1;
         self.made.copied_bytes += f.size();
+        self.progress.made(f.size());
         let nar = copy.nar.finish();
         let blob = crate::nixhash::base32(&nar);
         let linked = match full {
@@ -263,8 +277,14 @@ mod tests {
         let mut blobs = Blobs::open(&fs4.mnt.join("blobs")).unwrap();
         let dir = |p: &Path| open_dir(rustix::fs::CWD, p).unwrap();
         let (store_fd, links) = (dir(&store), dir(&store.join(".links")));
+        let progress = Progress::default();
         let mut publish = |name: &str| {
-            make(&snapshot, store_fd.as_fd(), name, links.as_fd(), &mut blobs).unwrap()
+            let at = At {
+                store: store_fd.as_fd(),
+                links: links.as_fd(),
+                progress: &progress,
+            };
+            make(&snapshot, at, name, &mut blobs).unwrap()
         };
 
         let first = publish("p0");

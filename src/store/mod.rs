@@ -22,7 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rustix::fs::Mode;
@@ -87,11 +88,77 @@ pub struct Published {
     pub made: Option<Made>,
 }
 
+/// How far the publication under way has come, for `srcstore status` and the wait of
+/// `srcstore path --store`: the first publication of a project copies all of it.
+#[derive(Default)]
+pub struct Progress {
+    since: Mutex<Option<std::time::Instant>>,
+    files: AtomicU64,
+    total: AtomicU64,
+    copied_bytes: AtomicU64,
+}
+
+/// A reading of [`Progress`], as `srcstore status` shows it (`publishing`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct ProgressNow {
+    pub seconds: f64,
+    /// Files in place, linked or copied, of `total`.
+    pub files: u64,
+    pub total: u64,
+    pub copied_bytes: u64,
+}
+
+impl std::fmt::Display for ProgressNow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "publishing for {:.0}s, {} of {} files in place, {} bytes copied",
+            self.seconds, self.files, self.total, self.copied_bytes
+        )
+    }
+}
+
+impl Progress {
+    /// The publication under way, if one is.
+    pub fn now(&self) -> Option<ProgressNow> {
+        let since = (*self.since.lock().unwrap_or_else(|p| p.into_inner()))?;
+        Some(ProgressNow {
+            seconds: since.elapsed().as_secs_f64(),
+            files: self.files.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            copied_bytes: self.copied_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// A publication of `total` files starts; it is over when the guard is dropped.
+    fn start(&self, total: u64) -> impl Drop + '_ {
+        self.files.store(0, Ordering::Relaxed);
+        self.copied_bytes.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        Over(self)
+    }
+
+    pub(crate) fn made(&self, copied_bytes: u64) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.copied_bytes.fetch_add(copied_bytes, Ordering::Relaxed);
+    }
+}
+
+struct Over<'a>(&'a Progress);
+
+impl Drop for Over<'_> {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// One project's publisher: a thread of its own that publishes, so that where the store is
 /// mounted read-only (NixOS), it alone enters the mount namespace where the store is writable
 /// ([`writable_store`]); the daemon's FUSE view stays where everyone sees it.
 pub struct Publisher {
     jobs: Mutex<mpsc::Sender<Job>>,
+    progress: Arc<Progress>,
 }
 
 /// What the publishing thread is asked to do.
@@ -108,11 +175,13 @@ impl Publisher {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (opened_tx, opened) = mpsc::channel();
         let (dir, socket) = (dir.to_path_buf(), socket.to_path_buf());
+        let progress = Arc::new(Progress::default());
+        let shared = progress.clone();
         std::thread::Builder::new()
             .name("srcstore-store".into())
             .spawn(move || {
                 let publishing =
-                    writable_store().and_then(|()| Publishing::open(&dir, owner, &socket));
+                    writable_store().and_then(|()| Publishing::open(&dir, owner, &socket, shared));
                 let publishing = match publishing {
                     Ok(p) => {
                         let _ = opened_tx.send(Ok(()));
@@ -140,7 +209,13 @@ impl Publisher {
             .unwrap_or_else(|_| Err(io::Error::other("the publishing thread panicked").into()))?;
         Ok(Publisher {
             jobs: Mutex::new(jobs),
+            progress,
         })
+    }
+
+    /// How far the publication under way has come, if one is.
+    pub fn progress(&self) -> Option<ProgressNow> {
+        self.progress.now()
     }
 
     /// Publishes `snapshot` as its `source` path (see [`Publishing::publish`]).
@@ -197,6 +272,7 @@ struct Publishing {
     links: OwnedFd,
     records: Records,
     project: records::Project,
+    progress: Arc<Progress>,
     state: Mutex<State>,
 }
 
@@ -210,7 +286,12 @@ struct State {
 }
 
 impl Publishing {
-    fn open(dir: &Path, owner: u32, socket: &Path) -> Result<Publishing, StoreError> {
+    fn open(
+        dir: &Path,
+        owner: u32,
+        socket: &Path,
+        progress: Arc<Progress>,
+    ) -> Result<Publishing, StoreError> {
         let (records, store) = open_records()?;
         for line in records.repair(&store)? {
             tracing::info!("{line}");
@@ -241,6 +322,7 @@ impl Publishing {
             links,
             records,
             project,
+            progress,
             state: Mutex::new(State {
                 blobs,
                 memos: HashMap::new(),
@@ -274,8 +356,7 @@ impl Publishing {
                 let blobs = &mut state.blobs;
                 let (hashed, made) = std::thread::scope(|s| {
                     let farm = s.spawn(|| {
-                        let made =
-                            farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs);
+                        let made = self.make(snapshot, &name, blobs);
                         tracing::debug!("files made in {:?}", started.elapsed());
                         made
                     });
@@ -355,7 +436,7 @@ impl Publishing {
             None => {
                 let name = self.temp_name();
                 self.records.begin(&name, &self.project)?;
-                let made = farm::make(snapshot, self.store.fd(), &name, self.links.as_fd(), blobs);
+                let made = self.make(snapshot, &name, blobs);
                 let made = made.map_err(StoreError::from).and_then(|m| {
                     self.move_into_place(&name, base)?;
                     Ok(m)
@@ -371,6 +452,26 @@ impl Publishing {
         self.records.end(base)?;
         registered?;
         Ok(Some(made))
+    }
+
+    /// Makes `snapshot`'s files at the store entry `name`, counting them in the progress.
+    fn make(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        blobs: &mut blobs::Blobs,
+    ) -> Result<Made, crate::Error> {
+        let mut total = 0;
+        snapshot.tree().visit(&mut |_, node| {
+            total += matches!(node, crate::tree::Node::File(_)) as u64;
+        });
+        let _publishing = self.progress.start(total);
+        let at = farm::At {
+            store: self.store.fd(),
+            links: self.links.as_fd(),
+            progress: &self.progress,
+        };
+        farm::make(snapshot, at, name, blobs)
     }
 
     /// Renames the files made at `temp` to `base`, over whatever invalid entry stands there: a
