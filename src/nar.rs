@@ -16,7 +16,7 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::tree::Node;
+use crate::tree::{Node, Stamp};
 use crate::worktree::cursor::Cursor;
 use crate::worktree::verify::Out;
 use crate::{Error, Snapshot};
@@ -91,15 +91,22 @@ pub fn nar_info_since(
 
 /// Hashes the NAR of a tree from `Scanner::unread`, reading each file once: the NAR's SHA-256
 /// and every file's BLAKE3 come from the same bytes, so the scan's hash needs no second read
-/// to prove the NAR's. The snapshot with its contents filled in, and its NAR.
+/// to prove the NAR's. The snapshot with its files filled in (content, and the size and mode
+/// each had as read: the walk did not stat them), and its NAR.
 ///
 /// A file that changes while it is read is [`Error::Unstable`]: the NAR has gone out with part of
 /// it, so the caller starts again (or hashes the ordinary way, which waits for it to settle).
 pub fn nar_info_reading(snapshot: &Snapshot) -> Result<(Snapshot, NarInfo), Error> {
-    let (info, contents) = hash_stream(snapshot, 0, Sha256::new(), &mut Vec::new(), Unknown)?;
-    let mut contents = contents.into_iter();
-    let tree = with_contents(snapshot.tree(), &mut contents);
+    let (info, read) = hash_stream(snapshot, 0, Sha256::new(), &mut Vec::new(), Unknown)?;
+    let tree = with_contents(snapshot.tree(), &mut read.into_iter());
     Ok((snapshot.with_tree(tree), info))
+}
+
+/// A file as the reading pass found it.
+struct Read {
+    content: crate::tree::Hash,
+    stamp: Stamp,
+    executable: bool,
 }
 
 /// Whether the files' contents are known (and proven as they are read) or learnt by reading.
@@ -110,23 +117,25 @@ enum Contents {
 }
 use Contents::{Known, Unknown};
 
-/// `tree` with each file's content the next of `contents` (in NAR order), its directories
-/// hashed anew.
-fn with_contents(tree: &Node, contents: &mut impl Iterator<Item = crate::tree::Hash>) -> Node {
+/// `tree` with each file the next of `read` (in NAR order), its directories hashed anew.
+fn with_contents(tree: &Node, read: &mut impl Iterator<Item = Read>) -> Node {
     match tree {
-        Node::File(f) => Node::File(std::sync::Arc::new(crate::tree::File::new(
-            contents.next().expect("a content for every file"),
-            f.executable(),
-            f.stamp,
-            true,
-        ))),
+        Node::File(_) => {
+            let f = read.next().expect("every file read");
+            Node::File(std::sync::Arc::new(crate::tree::File::new(
+                f.content,
+                f.executable,
+                f.stamp,
+                true,
+            )))
+        }
         Node::Symlink(_) => tree.clone(),
         Node::Dir(d) => Node::Dir(std::sync::Arc::new(crate::tree::Dir::new(
             d.entries
                 .iter()
                 .map(|e| crate::tree::Entry {
                     name: e.name.clone(),
-                    node: with_contents(&e.node, contents),
+                    node: with_contents(&e.node, read),
                 })
                 .collect(),
         ))),
@@ -136,36 +145,40 @@ fn with_contents(tree: &Node, contents: &mut impl Iterator<Item = crate::tree::H
 /// Streams the snapshot's NAR from `from` (a node's start; `hasher` holds the state there)
 /// through SHA-256 on this thread while another reads and frames it, pushing a mark into
 /// `marks` every [`MARK_EVERY`]; the NAR, and with [`Unknown`] contents each file's BLAKE3 in
-/// NAR order.
+/// NAR order, hashed on this thread too: the reading thread has the opening and reading of
+/// every file to do, and the two threads come out about even.
 fn hash_stream(
     snapshot: &Snapshot,
     from: u64,
     mut hasher: Sha256,
     marks: &mut Vec<(u64, Sha256)>,
     contents: Contents,
-) -> Result<(NarInfo, Vec<crate::tree::Hash>), Error> {
+) -> Result<(NarInfo, Vec<Read>), Error> {
     let (full_tx, full_rx) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
         let producer = std::thread::Builder::new()
             .name("srcstore-nar".into())
             .spawn_scoped(s, move || {
-                let mut sink = Chunks {
-                    buf: vec![0; CHUNK],
-                    filled: 0,
-                    full: full_tx,
-                    empty: empty_rx,
-                };
-                let read = write_into(snapshot, &mut sink, from, MARK_EVERY, contents)?;
+                let mut sink = Chunks::new(full_tx, empty_rx);
+                let found = write_into(snapshot, &mut sink, from, MARK_EVERY, contents)?;
                 sink.send().map_err(|e| Error::io(snapshot.dir(), e))?;
-                Ok(read)
+                Ok(found)
             })
             .map_err(|e| Error::io(snapshot.dir(), e))?;
         let mut size = from;
+        let (mut content, mut read) = (blake3::Hasher::new(), Vec::new());
         for piece in full_rx {
             match piece {
-                Piece::Bytes(buf, filled) => {
+                Piece::Bytes(buf, filled, spans) => {
                     hasher.update(&buf[..filled]);
+                    for span in spans {
+                        content.update(&buf[span.from..span.to]);
+                        if span.ends_file {
+                            read.push(*content.finalize().as_bytes());
+                            content.reset();
+                        }
+                    }
                     size += filled as u64;
                     let _ = empty_tx.send(buf);
                 }
@@ -175,11 +188,20 @@ fn hash_stream(
                 }
             }
         }
-        let read = producer.join().expect("the NAR reader panicked")?;
+        let found = producer.join().expect("the NAR reader panicked")?;
         let info = NarInfo {
             sha256: hasher.finalize().into(),
             size,
         };
+        let read = found
+            .into_iter()
+            .zip(read)
+            .map(|((stamp, executable), content)| Read {
+                content,
+                stamp,
+                executable,
+            })
+            .collect();
         Ok((info, read))
     })
 }
@@ -200,15 +222,16 @@ pub fn write_nar(snapshot: &Snapshot, out: &mut impl Write) -> Result<(), Error>
 }
 
 /// Writes the snapshot's NAR from the offset `from` (a node's start) on, into `out`, marking
-/// node starts at least `mark_every` apart; with [`Unknown`] contents, each file's BLAKE3 as
-/// read, in NAR order.
+/// node starts at least `mark_every` apart. With [`Unknown`] contents, `out` is told where each
+/// file's bytes begin and end, to hash them, and each file's stamp and executable bit as read
+/// come back, in NAR order.
 fn write_into(
     snapshot: &Snapshot,
     out: &mut impl Sink,
     from: u64,
     mark_every: u64,
     contents: Contents,
-) -> Result<Vec<crate::tree::Hash>, Error> {
+) -> Result<Vec<(Stamp, bool)>, Error> {
     let mut w = NarWriter {
         out,
         at: Cursor::new(snapshot),
@@ -217,23 +240,29 @@ fn write_into(
         mark_every,
         last_mark: from,
         contents,
-        read: Vec::new(),
+        found: Vec::new(),
     };
     w.str(b"nix-archive-1")?;
     w.node(snapshot.tree())?;
-    Ok(w.read)
+    Ok(w.found)
 }
 
 /// Where the NAR goes: bytes, and the marks a memo keeps.
 trait Sink: Out {
     /// The bytes so far end at a node's start, `offset`.
     fn mark(&mut self, offset: u64) -> io::Result<()>;
+
+    /// The bytes from here on, up to [`Sink::file_ends`], are a file's whose content is not
+    /// known yet ([`Unknown`]).
+    fn file_starts(&mut self) {}
+
+    fn file_ends(&mut self) {}
 }
 
 /// What the NAR's reader hands its hasher.
 enum Piece {
-    /// A buffer and how much of it is NAR.
-    Bytes(Vec<u8>, usize),
+    /// A buffer, how much of it is NAR, and where in it a file's bytes are.
+    Bytes(Vec<u8>, usize, Vec<Span>),
     /// The bytes so far end at this offset, a node's start: keep the state.
     Mark(u64),
 }
@@ -337,24 +366,53 @@ impl<W: Write> Sink for Direct<'_, W> {
 }
 
 /// Into buffers handed to another thread; file bytes are read straight into them.
+/// A part of a [`Piece`] that holds a file's bytes (of an [`Unknown`] content).
+struct Span {
+    from: usize,
+    to: usize,
+    /// The file's last bytes.
+    ends_file: bool,
+}
+
 struct Chunks {
     buf: Vec<u8>,
     filled: usize,
+    /// The buffer's file bytes so far, and where the file being read began in it.
+    spans: Vec<Span>,
+    file_from: Option<usize>,
     full: mpsc::SyncSender<Piece>,
     empty: mpsc::Receiver<Vec<u8>>,
 }
 
 impl Chunks {
+    fn new(full: mpsc::SyncSender<Piece>, empty: mpsc::Receiver<Vec<u8>>) -> Chunks {
+        Chunks {
+            buf: vec![0; CHUNK],
+            filled: 0,
+            spans: Vec::new(),
+            file_from: None,
+            full,
+            empty,
+        }
+    }
+
     /// Hands over what is buffered.
     fn send(&mut self) -> io::Result<()> {
-        if self.filled == 0 {
+        if let Some(from) = self.file_from.replace(0) {
+            self.spans.push(Span {
+                from,
+                to: self.filled,
+                ends_file: false,
+            });
+        } else if self.filled == 0 && self.spans.is_empty() {
             return Ok(());
         }
         let next = self.empty.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
         let full = std::mem::replace(&mut self.buf, next);
         let filled = std::mem::take(&mut self.filled);
+        let spans = std::mem::take(&mut self.spans);
         self.full
-            .send(Piece::Bytes(full, filled))
+            .send(Piece::Bytes(full, filled, spans))
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
     }
 
@@ -372,6 +430,19 @@ impl Sink for Chunks {
         self.full
             .send(Piece::Mark(offset))
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
+    }
+
+    fn file_starts(&mut self) {
+        self.file_from = Some(self.filled);
+    }
+
+    fn file_ends(&mut self) {
+        let from = self.file_from.take().expect("a file's end after its start");
+        self.spans.push(Span {
+            from,
+            to: self.filled,
+            ends_file: true,
+        });
     }
 }
 
@@ -396,8 +467,8 @@ struct NarWriter<'a, S> {
     mark_every: u64,
     last_mark: u64,
     contents: Contents,
-    /// With [`Unknown`] contents: each file's BLAKE3, as read.
-    read: Vec<crate::tree::Hash>,
+    /// With [`Unknown`] contents: each file's stamp and executable bit as read, in NAR order.
+    found: Vec<(Stamp, bool)>,
 }
 
 fn padding(len: u64) -> usize {
@@ -468,6 +539,23 @@ impl<S: Sink> NarWriter<'_, S> {
         put_str(s, &mut |b| self.raw(b))
     }
 
+    /// A regular file's NAR up to its bytes.
+    fn file_head(&mut self, executable: bool, size: u64) -> Result<(), Error> {
+        self.str(b"regular")?;
+        if executable {
+            self.str(b"executable")?;
+            self.str(b"")?;
+        }
+        self.str(b"contents")?;
+        self.raw(&size.to_le_bytes())
+    }
+
+    /// A regular file's NAR after its `size` bytes went out.
+    fn file_tail(&mut self, size: u64) -> Result<(), Error> {
+        self.offset += size;
+        self.raw(&[0; 8][..padding(size)])
+    }
+
     fn node(&mut self, node: &Node) -> Result<(), Error> {
         if self.offset < self.skip_to {
             let len = nar_len(node);
@@ -487,25 +575,22 @@ impl<S: Sink> NarWriter<'_, S> {
                 self.str(b"target")?;
                 self.str(&s.target)?;
             }
-            Node::File(f) => {
-                self.str(b"regular")?;
-                if f.executable() {
-                    self.str(b"executable")?;
-                    self.str(b"")?;
-                }
-                self.str(b"contents")?;
-                self.raw(&f.size().to_le_bytes())?;
+            Node::File(f) if self.contents == Known => {
+                self.file_head(f.executable(), f.size())?;
                 // A mark is a node's start, so a file is written whole or skipped whole.
                 debug_assert!(self.offset >= self.skip_to);
-                match self.contents {
-                    Known => self.at.contents(f, &mut *self.out)?,
-                    Unknown => {
-                        let hash = self.at.contents_unknown(f, &mut *self.out)?;
-                        self.read.push(hash);
-                    }
-                }
-                self.offset += f.size();
-                self.raw(&[0; 8][..padding(f.size())])?;
+                self.at.contents(f, &mut *self.out)?;
+                self.file_tail(f.size())?;
+            }
+            // Its size and mode are what the file has as opened: the walk did not stat it.
+            Node::File(_) => {
+                let f = self.at.open_unknown()?;
+                self.file_head(f.executable, f.stamp.size)?;
+                self.out.file_starts();
+                self.at.contents_unknown(&f, &mut *self.out)?;
+                self.out.file_ends();
+                self.file_tail(f.stamp.size)?;
+                self.found.push((f.stamp, f.executable));
             }
             Node::Dir(d) => {
                 self.str(b"directory")?;
@@ -601,12 +686,24 @@ mod tests {
     }
 
     #[test]
-    fn a_file_changed_after_the_walk_that_did_not_read_it_is_unstable_never_hashed() {
+    fn a_file_changed_after_the_walk_is_taken_as_the_pass_reads_it_in_the_tree_and_the_nar() {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("f"), b"before").unwrap();
         let unread = Scanner::new(t.path(), Filter::All).unread().scan().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(t.path().join("f"), b"after, and longer").unwrap();
+        fs::set_permissions(t.path().join("f"), fs::Permissions::from_mode(0o755)).unwrap();
+        let (read, info) = nar_info_reading(&unread).unwrap();
+        let now = scan(t.path());
+        assert_eq!(info, nar_info(&now).unwrap());
+        assert_eq!(read.basename(), now.basename());
+    }
+
+    #[test]
+    fn a_file_gone_after_the_walk_is_unstable_never_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"before").unwrap();
+        let unread = Scanner::new(t.path(), Filter::All).unread().scan().unwrap();
+        fs::remove_file(t.path().join("f")).unwrap();
         assert!(matches!(
             nar_info_reading(&unread),
             Err(Error::Unstable { .. })

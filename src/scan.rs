@@ -104,9 +104,9 @@ impl Scanner {
         }
     }
 
-    /// Stat files, never read them: each file's content hash is left unknown (all zeros) for
-    /// the one pass that reads it to fill in ([`crate::nar::nar_info_reading`]). Such a tree
-    /// is no snapshot until then.
+    /// Neither read nor stat files: each file's content hash, size and mode are left unknown
+    /// (zeros) for the one pass that opens and reads it to fill in
+    /// ([`crate::nar::nar_info_reading`]). Such a tree is no snapshot until then.
     pub fn unread(mut self) -> Self {
         self.contents = false;
         self

@@ -389,6 +389,18 @@ impl Node {
         Some(node)
     }
 
+    /// How many regular files are below (or are) this node, and their bytes.
+    pub fn files(&self) -> (u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        self.visit(&mut |_, node| {
+            if let Node::File(f) = node {
+                files += 1;
+                bytes += f.size();
+            }
+        });
+        (files, bytes)
+    }
+
     /// Calls `f` for every node below and including this one, depth first, parents before
     /// children, with the path relative to this node.
     pub fn visit(&self, f: &mut impl FnMut(&[u8], &Node)) {

@@ -86,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if fused {
             let (snapshot, nar) = nar::nar_info_reading(&snapshot)?;
             stats.hashed = stats.files;
+            stats.bytes = snapshot.tree().files().1;
             return Ok((snapshot, stats, Ok(Some(nar))));
         }
         if let Some(p) = &index_path {

@@ -210,13 +210,7 @@ fn publish(live: &Live, publisher: &Publisher, sub: Option<&str>) -> Response {
 
 fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value {
     let current = live.current();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    current.tree().visit(&mut |_, node| {
-        if let crate::tree::Node::File(f) = node {
-            files += 1;
-            bytes += f.size();
-        }
-    });
+    let (files, bytes) = current.tree().files();
     let c = live.counters();
     let trees = live.chunk_trees();
     serde_json::json!({

@@ -449,10 +449,11 @@ impl Shared<'_> {
         stats: &mut ScanStats,
     ) -> Result<Node, Error> {
         let mut st = None;
-        // A file the previous tree has is checked by its stamp; so is anything `d_type`
-        // does not name, and every file when files are not read.
+        // A file the previous tree has is checked by its stamp; anything `d_type` does not
+        // name is stat-ed. A file that is not read is not stat-ed either: the pass that reads
+        // it does, as it opens it.
         if kind == Kind::Unknown
-            || (kind == Kind::File && (!self.contents || matches!(prev, Some(Node::File(_)))))
+            || (kind == Kind::File && self.contents && matches!(prev, Some(Node::File(_))))
         {
             let s = match self.stat(fd, name, job) {
                 Ok(s) => s,
@@ -503,14 +504,15 @@ impl Shared<'_> {
                 Ok(Node::Symlink(Arc::new(Symlink::new(target.into()))))
             }
             Kind::File if !self.contents => {
-                let st = st.as_ref().expect("stat-ed above");
                 stats.files += 1;
-                stats.bytes += st.st_size as u64;
+                let unknown = crate::tree::Stamp {
+                    size: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                    ino: 0,
+                };
                 Ok(Node::File(Arc::new(File::new(
-                    [0; 32],
-                    read::exec_of_stat(st),
-                    read::stamp_of_stat(st),
-                    true,
+                    [0; 32], false, unknown, true,
                 ))))
             }
             Kind::File => {

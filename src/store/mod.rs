@@ -461,11 +461,7 @@ impl Publishing {
         name: &str,
         blobs: &mut blobs::Blobs,
     ) -> Result<Made, crate::Error> {
-        let mut total = 0;
-        snapshot.tree().visit(&mut |_, node| {
-            total += matches!(node, crate::tree::Node::File(_)) as u64;
-        });
-        let _publishing = self.progress.start(total);
+        let _publishing = self.progress.start(snapshot.tree().files().0);
         let at = farm::At {
             store: self.store.fd(),
             links: self.links.as_fd(),

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use super::read;
 use super::verify::{self, Out, Unproven};
-use crate::tree::{File, Hash};
+use crate::tree::{File, Stamp};
 use crate::{Error, Snapshot};
 
 pub(crate) struct Cursor<'a> {
@@ -96,29 +96,48 @@ impl<'a> Cursor<'a> {
         verify::prove(&file, stamp, f, 0..f.size(), None, out).map_err(unproven)
     }
 
-    /// Copies the bytes of the file the walk is at into `out` when its content is not known
-    /// yet (a tree from `Scanner::unread`); their BLAKE3 hash, which then is its content. The
-    /// file must have `f`'s stamp before and after the read, else it changed while being hashed
-    /// ([`Error::Unstable`]), and what went to `out` must be discarded.
-    pub fn contents_unknown(&self, f: &File, out: &mut impl Out) -> Result<Hash, Error> {
-        let changed = || Error::Unstable {
-            path: self.abs_path(),
-        };
+    /// Opens the file the walk is at, in a tree whose contents are not known yet and whose
+    /// files the walk did not stat (a tree from `Scanner::unread`): what it is as opened, for
+    /// [`Cursor::contents_unknown`]. A place that no longer holds a regular file is
+    /// [`Error::Unstable`].
+    pub fn open_unknown(&self) -> Result<Unread, Error> {
         let (dir, name) = self.place();
-        let (file, stamp) = verify::open_backing(dir, name).map_err(|e| match e {
+        let (file, st) = verify::open_backing_stat(dir, name).map_err(|e| match e {
             Unproven::Io(e) => self.io(e),
-            Unproven::Stale | Unproven::Torn => changed(),
+            Unproven::Stale | Unproven::Torn => self.changed(),
         })?;
-        if stamp != f.stamp {
-            return Err(changed());
-        }
-        let hash = verify::read_into(&file, f.size(), out).map_err(|e| match e {
+        Ok(Unread {
+            file,
+            stamp: read::stamp_of_stat(&st),
+            executable: read::exec_of_stat(&st),
+        })
+    }
+
+    /// Copies the bytes of the file [`Cursor::open_unknown`] opened into `out`: whoever takes
+    /// them hashes them, and that hash is then its content. The file must keep its stamp until
+    /// the read is over, else it changed while being read ([`Error::Unstable`]), and what went
+    /// to `out` must be discarded.
+    pub fn contents_unknown(&self, f: &Unread, out: &mut impl Out) -> Result<(), Error> {
+        verify::read_into(&f.file, f.stamp.size, out, |_| {}).map_err(|e| match e {
             Some(e) => self.io(e),
-            None => changed(),
+            None => self.changed(),
         })?;
-        match read::stamp_of_file(&file).map_err(|e| self.io(e))? == stamp {
-            true => Ok(hash),
-            false => Err(changed()),
+        match read::stamp_of_file(&f.file).map_err(|e| self.io(e))? == f.stamp {
+            true => Ok(()),
+            false => Err(self.changed()),
         }
     }
+
+    fn changed(&self) -> Error {
+        Error::Unstable {
+            path: self.abs_path(),
+        }
+    }
+}
+
+/// A file of a tree whose contents are not known yet, open to be read.
+pub(crate) struct Unread {
+    file: std::fs::File,
+    pub stamp: Stamp,
+    pub executable: bool,
 }

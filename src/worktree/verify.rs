@@ -106,6 +106,14 @@ pub(crate) fn open_backing(
     dir: BorrowedFd<'_>,
     name: &[u8],
 ) -> Result<(fs::File, Stamp), Unproven> {
+    open_backing_stat(dir, name).map(|(file, st)| (file, stamp_of_stat(&st)))
+}
+
+/// [`open_backing`], with the whole `stat` of the file as opened.
+pub(crate) fn open_backing_stat(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+) -> Result<(fs::File, rustix::fs::Stat), Unproven> {
     use rustix::io::Errno;
     let file = open_file_at(dir, name).map_err(|e| {
         let moved = [
@@ -124,7 +132,7 @@ pub(crate) fn open_backing(
     if rustix::fs::FileType::from_raw_mode(st.st_mode as _) != rustix::fs::FileType::RegularFile {
         return Err(Unproven::Stale);
     }
-    Ok((file, stamp_of_stat(&st)))
+    Ok((file, st))
 }
 
 /// The proof: reads the bytes `range` of `file` (clamped to its size) from `backing`, whose
@@ -178,15 +186,24 @@ fn read_full_at(backing: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize
 
 /// The whole file, read straight into `out` and hashed on the way.
 fn whole_into(backing: &fs::File, file: &File, out: &mut impl Out) -> Result<(), Failed> {
-    (read_into(backing, file.size(), out)? == file.content)
+    let mut hasher = blake3::Hasher::new();
+    read_into(backing, file.size(), out, |b| {
+        hasher.update(b);
+    })?;
+    (*hasher.finalize().as_bytes() == file.content)
         .then_some(())
         .ok_or(None)
 }
 
-/// The first `size` bytes of `backing`, read straight into `out`; their BLAKE3 hash. A file
-/// that ends before is `Err(None)`. Proves nothing by itself: see [`prove`].
-pub(crate) fn read_into(backing: &fs::File, size: u64, out: &mut impl Out) -> Result<Hash, Failed> {
-    let mut hasher = blake3::Hasher::new();
+/// The first `size` bytes of `backing`, read straight into `out`, each piece shown to `seen`
+/// as it is read. A file that ends before is `Err(None)`. Proves nothing by itself: see
+/// [`prove`].
+pub(crate) fn read_into(
+    backing: &fs::File,
+    size: u64,
+    out: &mut impl Out,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<(), Failed> {
     let mut at = 0;
     while at < size {
         let room = out.room()?;
@@ -197,11 +214,11 @@ pub(crate) fn read_into(backing: &fs::File, size: u64, out: &mut impl Out) -> Re
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Some(e)),
         };
-        hasher.update(&room[..n]);
+        seen(&room[..n]);
         out.filled(n)?;
         at += n as u64;
     }
-    Ok(*hasher.finalize().as_bytes())
+    Ok(())
 }
 
 /// Hands on the part of `buf` (the file's bytes from `at`) that falls in `from..to`.
