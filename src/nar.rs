@@ -12,6 +12,7 @@
 //! hash overlap.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -145,8 +146,9 @@ fn with_contents(tree: &Node, read: &mut impl Iterator<Item = Read>) -> Node {
 /// Streams the snapshot's NAR from `from` (a node's start; `hasher` holds the state there)
 /// through SHA-256 on this thread while another reads and frames it, pushing a mark into
 /// `marks` every [`MARK_EVERY`]; the NAR, and with [`Unknown`] contents each file's BLAKE3 in
-/// NAR order, hashed on this thread too: the reading thread has the opening and reading of
-/// every file to do, and the two threads come out about even.
+/// NAR order. Each file's BLAKE3 is taken where there is room for it: on this thread while it
+/// keeps up with the reading one (many small files: opening them is most of the work), on the
+/// reading thread while this one falls behind (large files: hashing is).
 fn hash_stream(
     snapshot: &Snapshot,
     from: u64,
@@ -156,11 +158,12 @@ fn hash_stream(
 ) -> Result<(NarInfo, Vec<Read>), Error> {
     let (full_tx, full_rx) = mpsc::sync_channel::<Piece>(IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let queued = &AtomicUsize::new(0);
     std::thread::scope(|s| {
         let producer = std::thread::Builder::new()
             .name("srcstore-nar".into())
             .spawn_scoped(s, move || {
-                let mut sink = Chunks::new(full_tx, empty_rx);
+                let mut sink = Chunks::new(full_tx, empty_rx, queued);
                 let found = write_into(snapshot, &mut sink, from, MARK_EVERY, contents)?;
                 sink.send().map_err(|e| Error::io(snapshot.dir(), e))?;
                 Ok(found)
@@ -174,12 +177,17 @@ fn hash_stream(
                     hasher.update(&buf[..filled]);
                     for span in spans {
                         content.update(&buf[span.from..span.to]);
-                        if span.ends_file {
-                            read.push(*content.finalize().as_bytes());
-                            content.reset();
+                        match span.ends {
+                            Ends::Not => {}
+                            Ends::File => {
+                                read.push(*content.finalize().as_bytes());
+                                content.reset();
+                            }
+                            Ends::Hashed(h) => read.push(h),
                         }
                     }
                     size += filled as u64;
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     let _ = empty_tx.send(buf);
                 }
                 Piece::Mark(at) => {
@@ -252,11 +260,17 @@ trait Sink: Out {
     /// The bytes so far end at a node's start, `offset`.
     fn mark(&mut self, offset: u64) -> io::Result<()>;
 
-    /// The bytes from here on, up to [`Sink::file_ends`], are a file's whose content is not
-    /// known yet ([`Unknown`]).
-    fn file_starts(&mut self) {}
+    /// Whether whoever takes the NAR has room to hash a file's content too: then the bytes
+    /// from here on, up to [`Sink::file_ends`], are a file's whose content is not known yet
+    /// ([`Unknown`]), for it to hash. If not, the writer hashes the file itself and tells the
+    /// hash ([`Sink::file_hashed`]).
+    fn file_starts(&mut self) -> bool {
+        false
+    }
 
     fn file_ends(&mut self) {}
+
+    fn file_hashed(&mut self, _content: crate::tree::Hash) {}
 }
 
 /// What the NAR's reader hands its hasher.
@@ -365,16 +379,25 @@ impl<W: Write> Sink for Direct<'_, W> {
     }
 }
 
-/// Into buffers handed to another thread; file bytes are read straight into them.
 /// A part of a [`Piece`] that holds a file's bytes (of an [`Unknown`] content).
 struct Span {
     from: usize,
     to: usize,
-    /// The file's last bytes.
-    ends_file: bool,
+    ends: Ends,
 }
 
-struct Chunks {
+/// What comes at the end of a [`Span`].
+enum Ends {
+    /// The file goes on.
+    Not,
+    /// The file's last bytes: its content is their hash.
+    File,
+    /// A file the reading thread hashed itself (the span is empty).
+    Hashed(crate::tree::Hash),
+}
+
+/// Into buffers handed to another thread; file bytes are read straight into them.
+struct Chunks<'a> {
     buf: Vec<u8>,
     filled: usize,
     /// The buffer's file bytes so far, and where the file being read began in it.
@@ -382,10 +405,19 @@ struct Chunks {
     file_from: Option<usize>,
     full: mpsc::SyncSender<Piece>,
     empty: mpsc::Receiver<Vec<u8>>,
+    /// Buffers handed over and not hashed yet.
+    queued: &'a AtomicUsize,
 }
 
-impl Chunks {
-    fn new(full: mpsc::SyncSender<Piece>, empty: mpsc::Receiver<Vec<u8>>) -> Chunks {
+/// The other thread keeps up while fewer buffers than this wait for it.
+const KEEPING_UP: usize = 3;
+
+impl<'a> Chunks<'a> {
+    fn new(
+        full: mpsc::SyncSender<Piece>,
+        empty: mpsc::Receiver<Vec<u8>>,
+        queued: &'a AtomicUsize,
+    ) -> Chunks<'a> {
         Chunks {
             buf: vec![0; CHUNK],
             filled: 0,
@@ -393,6 +425,7 @@ impl Chunks {
             file_from: None,
             full,
             empty,
+            queued,
         }
     }
 
@@ -402,7 +435,7 @@ impl Chunks {
             self.spans.push(Span {
                 from,
                 to: self.filled,
-                ends_file: false,
+                ends: Ends::Not,
             });
         } else if self.filled == 0 && self.spans.is_empty() {
             return Ok(());
@@ -411,6 +444,7 @@ impl Chunks {
         let full = std::mem::replace(&mut self.buf, next);
         let filled = std::mem::take(&mut self.filled);
         let spans = std::mem::take(&mut self.spans);
+        self.queued.fetch_add(1, Ordering::Relaxed);
         self.full
             .send(Piece::Bytes(full, filled, spans))
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
@@ -424,7 +458,7 @@ impl Chunks {
     }
 }
 
-impl Sink for Chunks {
+impl Sink for Chunks<'_> {
     fn mark(&mut self, offset: u64) -> io::Result<()> {
         self.send()?;
         self.full
@@ -432,8 +466,12 @@ impl Sink for Chunks {
             .map_err(|_| io::Error::other("the NAR hasher stopped"))
     }
 
-    fn file_starts(&mut self) {
+    fn file_starts(&mut self) -> bool {
+        if self.queued.load(Ordering::Relaxed) >= KEEPING_UP {
+            return false;
+        }
         self.file_from = Some(self.filled);
+        true
     }
 
     fn file_ends(&mut self) {
@@ -441,12 +479,20 @@ impl Sink for Chunks {
         self.spans.push(Span {
             from,
             to: self.filled,
-            ends_file: true,
+            ends: Ends::File,
+        });
+    }
+
+    fn file_hashed(&mut self, content: crate::tree::Hash) {
+        self.spans.push(Span {
+            from: self.filled,
+            to: self.filled,
+            ends: Ends::Hashed(content),
         });
     }
 }
 
-impl Out for Chunks {
+impl Out for Chunks<'_> {
     fn room(&mut self) -> io::Result<&mut [u8]> {
         self.free()
     }
@@ -586,9 +632,16 @@ impl<S: Sink> NarWriter<'_, S> {
             Node::File(_) => {
                 let f = self.at.open_unknown()?;
                 self.file_head(f.executable, f.stamp.size)?;
-                self.out.file_starts();
-                self.at.contents_unknown(&f, &mut *self.out)?;
-                self.out.file_ends();
+                if self.out.file_starts() {
+                    self.at.contents_unknown(&f, &mut *self.out, |_| {})?;
+                    self.out.file_ends();
+                } else {
+                    let mut content = blake3::Hasher::new();
+                    self.at.contents_unknown(&f, &mut *self.out, |b| {
+                        content.update(b);
+                    })?;
+                    self.out.file_hashed(*content.finalize().as_bytes());
+                }
                 self.file_tail(f.stamp.size)?;
                 self.found.push((f.stamp, f.executable));
             }

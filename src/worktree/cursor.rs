@@ -113,12 +113,17 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// Copies the bytes of the file [`Cursor::open_unknown`] opened into `out`: whoever takes
-    /// them hashes them, and that hash is then its content. The file must keep its stamp until
+    /// Copies the bytes of the file [`Cursor::open_unknown`] opened into `out`, showing each
+    /// piece to `seen` too: their hash is then its content. The file must keep its stamp until
     /// the read is over, else it changed while being read ([`Error::Unstable`]), and what went
     /// to `out` must be discarded.
-    pub fn contents_unknown(&self, f: &Unread, out: &mut impl Out) -> Result<(), Error> {
-        verify::read_into(&f.file, f.stamp.size, out, |_| {}).map_err(|e| match e {
+    pub fn contents_unknown(
+        &self,
+        f: &Unread,
+        out: &mut impl Out,
+        seen: impl FnMut(&[u8]),
+    ) -> Result<(), Error> {
+        verify::read_into(&f.file, f.stamp.size, out, seen).map_err(|e| match e {
             Some(e) => self.io(e),
             None => self.changed(),
         })?;
