@@ -98,7 +98,14 @@ pub fn nar_info_since(
 /// A file that changes while it is read is [`Error::Unstable`]: the NAR has gone out with part of
 /// it, so the caller starts again (or hashes the ordinary way, which waits for it to settle).
 pub fn nar_info_reading(snapshot: &Snapshot) -> Result<(Snapshot, NarInfo), Error> {
-    let (info, read) = hash_stream(snapshot, 0, Sha256::new(), &mut Vec::new(), Unknown)?;
+    reading(snapshot, KEEPING_UP)
+}
+
+/// [`nar_info_reading`], the hashing thread taking files' BLAKE3 while fewer than
+/// `keeping_up` buffers wait for it.
+fn reading(snapshot: &Snapshot, keeping_up: usize) -> Result<(Snapshot, NarInfo), Error> {
+    let unknown = Unknown(keeping_up);
+    let (info, read) = hash_stream(snapshot, 0, Sha256::new(), &mut Vec::new(), unknown)?;
     let tree = with_contents(snapshot.tree(), &mut read.into_iter());
     Ok((snapshot.with_tree(tree), info))
 }
@@ -110,11 +117,12 @@ struct Read {
     executable: bool,
 }
 
-/// Whether the files' contents are known (and proven as they are read) or learnt by reading.
+/// Whether the files' contents are known (and proven as they are read) or learnt by reading;
+/// then the hashing thread hashes them too while fewer than this many buffers wait for it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Contents {
     Known,
-    Unknown,
+    Unknown(usize),
 }
 use Contents::{Known, Unknown};
 
@@ -163,7 +171,11 @@ fn hash_stream(
         let producer = std::thread::Builder::new()
             .name("srcstore-nar".into())
             .spawn_scoped(s, move || {
-                let mut sink = Chunks::new(full_tx, empty_rx, queued);
+                let keeping_up = match contents {
+                    Known => 0,
+                    Unknown(n) => n,
+                };
+                let mut sink = Chunks::new(full_tx, empty_rx, queued, keeping_up);
                 let found = write_into(snapshot, &mut sink, from, MARK_EVERY, contents)?;
                 sink.send().map_err(|e| Error::io(snapshot.dir(), e))?;
                 Ok(found)
@@ -405,11 +417,12 @@ struct Chunks<'a> {
     file_from: Option<usize>,
     full: mpsc::SyncSender<Piece>,
     empty: mpsc::Receiver<Vec<u8>>,
-    /// Buffers handed over and not hashed yet.
+    /// Buffers handed over and not hashed yet, and how many mean the other thread is behind.
     queued: &'a AtomicUsize,
+    keeping_up: usize,
 }
 
-/// The other thread keeps up while fewer buffers than this wait for it.
+/// The hashing thread keeps up while fewer buffers than this wait for it.
 const KEEPING_UP: usize = 3;
 
 impl<'a> Chunks<'a> {
@@ -417,6 +430,7 @@ impl<'a> Chunks<'a> {
         full: mpsc::SyncSender<Piece>,
         empty: mpsc::Receiver<Vec<u8>>,
         queued: &'a AtomicUsize,
+        keeping_up: usize,
     ) -> Chunks<'a> {
         Chunks {
             buf: vec![0; CHUNK],
@@ -426,6 +440,7 @@ impl<'a> Chunks<'a> {
             full,
             empty,
             queued,
+            keeping_up,
         }
     }
 
@@ -467,7 +482,7 @@ impl Sink for Chunks<'_> {
     }
 
     fn file_starts(&mut self) -> bool {
-        if self.queued.load(Ordering::Relaxed) >= KEEPING_UP {
+        if self.queued.load(Ordering::Relaxed) >= self.keeping_up {
             return false;
         }
         self.file_from = Some(self.filled);
@@ -727,15 +742,21 @@ mod tests {
             fs::create_dir_all(&sub).unwrap();
             fs::write(sub.join(format!("f{i}")), vec![i as u8; 1000 * i]).unwrap();
         }
+        // Files across buffers, and between them.
+        fs::write(d.join("d2/large"), vec![9; 3 * CHUNK + 5]).unwrap();
+        fs::write(d.join("d2/large2"), vec![8; CHUNK]).unwrap();
         fs::set_permissions(d.join("d1/f1"), fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("d0", d.join("link")).unwrap();
         let two = scan(d);
         let unread = Scanner::new(d, Filter::All).unread().scan().unwrap();
-        let (one, info) = nar_info_reading(&unread).unwrap();
-        assert_eq!(info, nar_info(&two).unwrap());
-        assert_eq!(one.basename(), two.basename());
-        // The filled-in snapshot is a snapshot like any other: its files prove their bytes.
-        assert_eq!(nar_info(&one).unwrap(), info);
+        // Every file hashed by the reading thread, by the hashing one, and as it comes.
+        for keeping_up in [0, usize::MAX, KEEPING_UP] {
+            let (one, info) = reading(&unread, keeping_up).unwrap();
+            assert_eq!(info, nar_info(&two).unwrap(), "{keeping_up}");
+            assert_eq!(one.basename(), two.basename(), "{keeping_up}");
+            // The filled-in snapshot is a snapshot like any other: its files prove their bytes.
+            assert_eq!(nar_info(&one).unwrap(), info, "{keeping_up}");
+        }
     }
 
     #[test]
