@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +67,8 @@ pub struct Scanner {
     links: Option<Links>,
     /// Whether files are read and hashed (else stat-ed only: see [`Scanner::unread`]).
     contents: bool,
+    /// The directory, opened already (see [`Scanner::opened`]).
+    opened: Option<OwnedFd>,
 }
 
 /// Where a walk notes the files it saw with more than one link (their paths below the root):
@@ -101,7 +104,16 @@ impl Scanner {
             on_dir: None,
             links: None,
             contents: true,
+            opened: None,
         }
+    }
+
+    /// Scans the directory open at `dir` (a descriptor, `O_PATH` will do) rather than opening
+    /// the path, which then only names it in messages: for a directory found by descriptor,
+    /// that a path could no longer lead to.
+    pub fn opened(mut self, dir: OwnedFd) -> Self {
+        self.opened = Some(dir);
+        self
     }
 
     /// Neither read nor stat files: each file's content hash, size and mode are left unknown
@@ -151,7 +163,10 @@ impl Scanner {
 
     pub fn scan_with_stats(self) -> Result<(Snapshot, ScanStats), Error> {
         let abs = std::path::absolute(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let root = Arc::new(Root::open(&abs)?);
+        let root = Arc::new(match &self.opened {
+            Some(dir) => Root::reopen(&abs, dir.as_fd())?,
+            None => Root::open(&abs)?,
+        });
         let name = match self.name.clone() {
             Some(n) => {
                 crate::name::validate(&n)?;

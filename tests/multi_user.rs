@@ -2,25 +2,18 @@
 //! themselves, builds go through the daemon with the hook from nix.conf as
 //! `srcstore nix setup --apply` wrote it.
 //!
-//! Each test makes a world of its own: a mount namespace (`unshare -m`) standing in for a
-//! systemd host (root mount shared) or for a container (private), with its own `/etc/nix`
-//! and its own daemon socket directory mounted over the machine's, and a real nix-daemon in
-//! it. The users are `srcstore-dev` and `srcstore-other` (scripts/setup-machine makes them).
+//! Each test makes a world of its own ([`support::world::World`]).
 
 mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use support::{own, uid_of, wait_for, write, NixBuild, Sandbox};
+use support::world::{World, DEV, NIX_DAEMON, OTHER};
+use support::{own, uid_of, wait_for, write, NixBuild};
 
-const DEV: &str = "srcstore-dev";
-const OTHER: &str = "srcstore-other";
-
-/// Nix's daemon as Debian starts it.
-const NIX_DAEMON: &[&str] = &["nix-daemon"];
 /// The same daemon under the name of the `nix` command: its workers are called `nix`.
 const NIX_DAEMON_COMMAND: &[&str] = &["nix", "daemon"];
 /// A worker per connection that holds it on descriptors 0 and 1, as Lix's re-executed workers
@@ -31,207 +24,6 @@ const STDIO_WORKERS: &[&str] = &[
     "UNIX-LISTEN:/nix/var/nix/daemon-socket/socket,fork,mode=0666",
     "EXEC:nix-daemon --stdio,nofork",
 ];
-
-struct World {
-    sb: Sandbox,
-    /// A process holding the namespace (`sleep`), whose pid names it to `nsenter`.
-    holder: Child,
-    nix_daemon: Option<Child>,
-    daemons: Vec<Child>,
-    _conf: tempfile::TempDir,
-}
-
-impl World {
-    /// `shared`: the root mount is shared, as systemd makes it; else private, as in some
-    /// containers and VMs, where nix-daemon never sees a mount made after it started.
-    fn new(shared: bool) -> World {
-        World::with_conf(shared, "")
-    }
-
-    /// As [`World::new`], with `extra` appended to the world's nix.conf.
-    fn with_conf(shared: bool, extra: &str) -> World {
-        World::with_daemon(shared, extra, NIX_DAEMON)
-    }
-
-    /// As [`World::with_conf`], with the daemon started as `daemon` (argv, run as root).
-    fn with_daemon(shared: bool, extra: &str, daemon: &[&str]) -> World {
-        let sb = Sandbox::new();
-        fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let conf = tempfile::Builder::new()
-            .prefix("srcstore-test-etc-nix")
-            .tempdir_in("/run")
-            .unwrap();
-        fs::set_permissions(conf.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let base = fs::read_to_string("/etc/nix/nix.conf").unwrap();
-        fs::write(conf.path().join("nix.conf"), format!("{base}\n{extra}\n")).unwrap();
-        let ready = sb.path("ns-ready");
-        fs::create_dir_all("/nix/var/nix/daemon-socket").unwrap();
-        let script = format!(
-            "set -e; {share} mount -t tmpfs -o mode=0755 tmpfs /nix/var/nix/daemon-socket; \
-             mount --bind {conf} /etc/nix; touch {ready}; exec sleep 100000",
-            share = if shared {
-                "mount --make-rshared /;"
-            } else {
-                ""
-            },
-            conf = conf.path().display(),
-            ready = ready.display(),
-        );
-        let holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .spawn()
-            .unwrap();
-        let mut world = World {
-            sb,
-            holder,
-            nix_daemon: None,
-            daemons: Vec::new(),
-            _conf: conf,
-        };
-        wait_for("the namespace", || ready.exists());
-        let applied = world.root(&[
-            support::srcstore_bin().to_str().unwrap(),
-            "nix",
-            "setup",
-            "--apply",
-        ]);
-        assert!(applied.status.success(), "{}", support::stderr(&applied));
-        let log = fs::File::create(world.sb.path("nix-daemon.log")).unwrap();
-        world.nix_daemon = Some(
-            world
-                .in_ns(None)
-                .args(daemon)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        let socket = PathBuf::from(format!(
-            "/proc/{}/root/nix/var/nix/daemon-socket/socket",
-            world.holder.id()
-        ));
-        wait_for("nix-daemon's socket", || socket.exists());
-        world
-    }
-
-    /// A command in the world's namespace, as `user` (root if `None`), with a clean
-    /// environment that builds through the daemon.
-    fn in_ns(&self, user: Option<&str>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("SRCSTORE_LOG", "warn")
-            .args(["-t", &self.holder.id().to_string(), "-m", "--"]);
-        match user {
-            Some(u) => {
-                c.env("HOME", format!("/home/{u}"))
-                    .env("USER", u)
-                    .env("NIX_REMOTE", "daemon")
-                    .args([
-                        "setpriv",
-                        &format!("--reuid={u}"),
-                        &format!("--regid={u}"),
-                        "--init-groups",
-                    ]);
-            }
-            None => {
-                c.env("HOME", self.sb.home());
-            }
-        }
-        c
-    }
-
-    fn root(&self, argv: &[&str]) -> Output {
-        self.in_ns(None).args(argv).output().unwrap()
-    }
-
-    fn user(&self, user: &str, argv: &[&str]) -> Output {
-        self.in_ns(Some(user)).args(argv).output().unwrap()
-    }
-
-    fn srcstore(&self, user: &str, args: &[&str]) -> Output {
-        let mut argv = vec![support::srcstore_bin().to_str().unwrap().to_owned()];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.user(user, &argv)
-    }
-
-    /// A project owned by `user`, with one file.
-    fn project(&self, user: &str, name: &str) -> PathBuf {
-        let p = self.sb.path(name);
-        write(&p.join("f"), "hello\n");
-        own(&p, user, 0o755);
-        own(&p.join("f"), user, 0o644);
-        p
-    }
-
-    /// `srcstore mount --allow-other` run by `user`, ready to answer `path`.
-    fn mount(&mut self, user: &str, project: &Path) {
-        let log = fs::File::create(self.sb.path(&format!("srcstore-{user}.log"))).unwrap();
-        let child = self
-            .in_ns(Some(user))
-            .env("SRCSTORE_LOG", "info")
-            .arg(support::srcstore_bin())
-            .args(["mount", "--allow-other"])
-            .arg(project)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemons.push(child);
-        wait_for("the user's daemon", || {
-            self.srcstore(user, &["path", project.to_str().unwrap()])
-                .status
-                .success()
-        });
-    }
-
-    fn path(&self, user: &str, project: &Path) -> String {
-        let out = self.srcstore(user, &["path", project.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", support::stderr(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    fn status(&self, user: &str, project: &Path) -> serde_json::Value {
-        let out = self.srcstore(user, &["status", "--json", project.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", support::stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// A build of `nix`'s expression through nix-daemon as `user`: the output path and log.
-    fn build(&self, user: &str, nix: &NixBuild, src: &str) -> (Option<PathBuf>, String) {
-        let out = self.user(
-            user,
-            &[
-                "nix-build",
-                "--no-out-link",
-                nix.expr.to_str().unwrap(),
-                "--argstr",
-                "src",
-                src,
-            ],
-        );
-        let log = support::stderr(&out);
-        let path = out
-            .status
-            .success()
-            .then(|| PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()));
-        (path, log)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for child in self.daemons.iter_mut().chain(self.nix_daemon.as_mut()) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 #[test]
 fn a_users_daemon_serves_builds_that_nix_daemon_runs_and_an_edit_gives_a_new_output() {

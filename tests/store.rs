@@ -353,29 +353,6 @@ fn nix_store_optimise_works_beside_published_paths() {
 }
 
 #[test]
-fn store_mode_for_a_user_who_is_not_root_is_refused_in_one_line() {
-    let sb = Sandbox::new();
-    let p = project(&sb);
-    support::chmod(sb.dir.path(), 0o755);
-    let mnt = sb.path("mnt-dev");
-    let out = srcstore_as(
-        DEV,
-        &[],
-        &[
-            "mount",
-            "--store",
-            "--mountpoint",
-            mnt.to_str().unwrap(),
-            p.to_str().unwrap(),
-        ],
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(4), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("only root may"), "{err}");
-}
-
-#[test]
 fn path_store_from_a_daemon_without_store_mode_says_how_to_start_one() {
     let sb = Sandbox::new();
     let p = project(&sb);

@@ -7,6 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use srcstore::daemon::StoreMode;
 use srcstore::daemon::{self, paths, prepare_mountpoint, DaemonLock, StartError};
 use srcstore::live::{Config, Live, Stopped};
 use srcstore::store::Publisher;
@@ -94,7 +95,7 @@ pub struct Server {
     made: Made,
     /// Where `status` reads how many inodes the kernel holds of the view.
     inodes: Arc<std::sync::atomic::AtomicU64>,
-    publisher: Option<Arc<Publisher>>,
+    store: Option<StoreMode>,
     _lock: DaemonLock,
 }
 
@@ -153,18 +154,8 @@ impl Server {
                 e @ StartError::AlreadyServed { .. } => super::exit::refused(e),
                 e => e.into(),
             })?;
-        let publisher = match args.store {
-            true => Some(Arc::new(
-                Publisher::open(
-                    &dir,
-                    rustix::process::geteuid().as_raw(),
-                    &paths::socket_path(&runtime, &dir),
-                )
-                .map_err(|e| match e {
-                    e @ srcstore::store::StoreError::NotRoot => super::exit::refused(e),
-                    e => e.into(),
-                })?,
-            )),
+        let store = match args.store {
+            true => Some(store_mode(&dir, &paths::socket_path(&runtime, &dir))?),
             false => None,
         };
         check_allow_other(args.allow_other)?;
@@ -241,11 +232,8 @@ impl Server {
                 warmer,
                 paths::cache_home()
                     .map(|home| srcstore::cache::Volume::at(paths::volume_path(&home, &dir))),
-                publisher.clone(),
+                store.clone(),
             ));
-            if let Some(publisher) = &publisher {
-                publish_first(publisher.clone(), live.clone());
-            }
 
             let options = srcstore_fuse::Options {
                 allow_other: args.allow_other,
@@ -269,6 +257,9 @@ impl Server {
                 "serving {}",
                 mountpoint.join(live.current().basename()).display()
             );
+            if let Some(mode) = &store {
+                publish_first(mode.clone(), live.clone(), mountpoint.clone());
+            }
             if let Some(warning) = super::nix::installed().and_then(|v| v.hook_warning()) {
                 eprintln!("srcstore: warning: {warning}");
             }
@@ -283,7 +274,7 @@ impl Server {
                 stop_rx,
                 made,
                 inodes: handler.inodes(),
-                publisher,
+                store,
                 _lock: lock,
             };
             Ok((server, handler))
@@ -336,7 +327,7 @@ impl Server {
             }
         };
         self.made.socket_gone();
-        if let Some(p) = &self.publisher {
+        if let Some(StoreMode::Here(p)) = &self.store {
             p.release();
         }
         let code = match stop {
@@ -373,38 +364,58 @@ impl Server {
     }
 }
 
+/// How this daemon publishes in store mode: as root, itself; as a user, through root's store
+/// service, which must be answering.
+fn store_mode(dir: &Path, socket: &Path) -> anyhow::Result<StoreMode> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid != 0 {
+        let service = std::env::var_os("SRCSTORE_STORE_SERVICE").map_or_else(
+            || PathBuf::from(srcstore::store::SERVICE_SOCKET),
+            PathBuf::from,
+        );
+        if !service.exists() {
+            return Err(super::exit::not_running(format!(
+                "{}: no store service answers there: store mode for a user publishes through root's (`sudo srcstore store serve`, which `sudo srcstore nix setup --apply` installs)",
+                service.display()
+            )));
+        }
+        return Ok(StoreMode::Service(service));
+    }
+    let publisher = Publisher::open(dir, uid, socket).map_err(|e| match e {
+        e @ srcstore::store::StoreError::NotRoot => super::exit::refused(e),
+        e => e.into(),
+    })?;
+    Ok(StoreMode::Here(Arc::new(publisher)))
+}
+
 /// Publishes the first snapshot in the background: the copy of every file the store lacks is
 /// made once, before the first `path --store` asks (which waits for it).
-fn publish_first(publisher: Arc<Publisher>, live: Arc<Live>) {
+fn publish_first(mode: StoreMode, live: Arc<Live>, mountpoint: PathBuf) {
     let _ = std::thread::Builder::new()
         .name("srcstore-publish".into())
         .spawn(move || {
             let start = std::time::Instant::now();
             let (done, over) = mpsc::channel::<()>();
-            let log = publisher.clone();
             // The first publication copies the whole project: say how far it has come.
-            std::thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    over.recv_timeout(Duration::from_secs(10))
-                {
-                    if let Some(p) = log.progress() {
-                        tracing::info!("{p}");
+            if let StoreMode::Here(publisher) = &mode {
+                let log = publisher.clone();
+                std::thread::spawn(move || {
+                    while let Err(mpsc::RecvTimeoutError::Timeout) =
+                        over.recv_timeout(Duration::from_secs(10))
+                    {
+                        if let Some(p) = log.progress() {
+                            tracing::info!("{p}");
+                        }
                     }
-                }
-            });
-            let published = publisher.publish(&live.current());
+                });
+            }
+            let answer = daemon::publish(&live, &mode, &mountpoint, None);
             drop(done);
-            match published {
-                Ok(p) => tracing::info!(
-                    "published {} in {:.2}s{}",
-                    p.path,
-                    start.elapsed().as_secs_f64(),
-                    p.made.map_or_else(String::new, |m| format!(
-                        " ({} files linked, {} copied, {} bytes)",
-                        m.linked, m.copied, m.copied_bytes
-                    ))
-                ),
-                Err(e) => tracing::warn!("cannot publish: {e}"),
+            match (answer.path, answer.error) {
+                (Some(path), _) if answer.ok => {
+                    tracing::info!("published {path} in {:.2}s", start.elapsed().as_secs_f64())
+                }
+                (_, error) => tracing::warn!("cannot publish: {}", error.unwrap_or_default()),
             }
         });
 }

@@ -1,7 +1,12 @@
 //! `srcstore store`: what store mode published, and taking back what nothing uses or what a
 //! crash left. Root's, as the store is.
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use srcstore::store;
 
@@ -15,6 +20,20 @@ pub enum Store {
     /// Remove what a publication that died half-made, and release the roots of daemons that
     /// are gone; says what it did.
     Repair,
+    /// Publish users' snapshots for their daemons (`srcstore mount --store` as a user), reading
+    /// each from the user's own view: root's service, in the foreground.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Where to answer.
+    #[arg(long, default_value = store::SERVICE_SOCKET)]
+    socket: PathBuf,
+    /// Seconds a publication may go without progress before its view is cut off (a view
+    /// whose server stopped answering).
+    #[arg(long, default_value_t = 60)]
+    stall: u64,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +80,7 @@ pub fn run(cmd: Store) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Store::Serve(args) => serve(args)?,
         Store::Repair => {
             let said = store::repair().map_err(refused)?;
             for line in &said {
@@ -72,4 +92,33 @@ pub fn run(cmd: Store) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Answers at `args.socket` until killed. A socket left there by a service that is gone is
+/// replaced; one that answers is another service's.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(super::exit::refused(store::StoreError::NotRoot));
+    }
+    let socket = &args.socket;
+    if UnixStream::connect(socket).is_ok() {
+        return Err(super::exit::refused(format!(
+            "{}: a store service answers there already",
+            socket.display()
+        )));
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("{}: {e}", socket.display()),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    // Anyone may ask: who the asker is comes from the connection, never from the request.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    tracing::info!("answering at {}", socket.display());
+    let service = store::Service::new(Duration::from_secs(args.stall));
+    srcstore::daemon::serve(listener, Arc::new(service));
+    Ok(())
 }

@@ -24,8 +24,18 @@ pub struct LiveHandler {
     volume: Option<Volume>,
     /// How many inodes the kernel holds of the view, as its server last counted.
     inodes: Arc<std::sync::atomic::AtomicU64>,
-    /// Publishes snapshots to the Nix store, for a daemon in store mode.
-    publisher: Option<Arc<Publisher>>,
+    /// How snapshots are published to the Nix store, for a daemon in store mode.
+    store: Option<StoreMode>,
+}
+
+/// How a daemon in store mode publishes.
+#[derive(Clone)]
+pub enum StoreMode {
+    /// Root's daemon: itself.
+    Here(Arc<Publisher>),
+    /// A user's daemon: through root's store service answering at this socket, which reads
+    /// the snapshot from the view itself.
+    Service(PathBuf),
 }
 
 impl LiveHandler {
@@ -34,7 +44,7 @@ impl LiveHandler {
         mountpoint: PathBuf,
         warmer: Warmer,
         volume: Option<Volume>,
-        publisher: Option<Arc<Publisher>>,
+        store: Option<StoreMode>,
     ) -> Self {
         LiveHandler {
             live,
@@ -42,7 +52,7 @@ impl LiveHandler {
             warmer: Arc::new(warmer),
             volume,
             inodes: Arc::default(),
-            publisher,
+            store,
         }
     }
 
@@ -53,16 +63,19 @@ impl LiveHandler {
 }
 
 impl Handler for LiveHandler {
-    fn handle(&self, request: Request) -> Response {
+    fn handle(&self, request: Request, _peer: u32) -> Response {
         let (live, mountpoint) = (&self.live, &self.mountpoint);
         let ok = |r: Response| Response { ok: true, ..r };
         match request {
-            Request::Path { sub, store: true } => match &self.publisher {
+            Request::Path { sub, store: true } => match &self.store {
                 None => Response::error(
                     "this daemon does not publish to the Nix store: restart it with `srcstore mount --store`",
                 ),
-                Some(publisher) => publish(live, publisher, sub.as_deref()),
+                Some(mode) => publish(live, mode, mountpoint, sub.as_deref()),
             },
+            Request::Publish { .. } => {
+                Response::error("`publish` is for the store service (`srcstore store serve`)")
+            }
             Request::Path { sub, store: false } => {
                 let snapshot = sync(live, sub.as_deref());
                 match snapshot {
@@ -87,7 +100,10 @@ impl Handler for LiveHandler {
                 if let Some(v) = &self.volume {
                     status["volume"] = v.root().display().to_string().into();
                 }
-                if let Some(p) = self.publisher.as_ref().and_then(|p| p.progress()) {
+                if let Some(p) = match &self.store {
+                    Some(StoreMode::Here(p)) => p.progress(),
+                    _ => None,
+                } {
                     status["publishing"] = serde_json::to_value(p).unwrap_or_default();
                 }
                 ok(Response {
@@ -177,7 +193,7 @@ const PUBLISH_TRIES: usize = 3;
 
 /// Publishes the current snapshot (of the subtree `sub`): the answer with its store path, or
 /// the one that says why not.
-fn publish(live: &Live, publisher: &Publisher, sub: Option<&str>) -> Response {
+pub fn publish(live: &Live, mode: &StoreMode, mountpoint: &Path, sub: Option<&str>) -> Response {
     let mut tries = 0;
     loop {
         let snapshot = match sync(live, sub) {
@@ -185,27 +201,67 @@ fn publish(live: &Live, publisher: &Publisher, sub: Option<&str>) -> Response {
             Err(e) if e.is_failure() => return Response::failed(e.to_string()),
             Err(e) => return Response::error(e.to_string()),
         };
-        match publisher.publish(&snapshot) {
-            Ok(p) => {
-                if let Some(made) = p.made {
-                    tracing::info!(
-                        "published {} ({} files linked, {} copied, {} bytes)",
-                        p.path,
-                        made.linked,
-                        made.copied,
-                        made.copied_bytes
-                    );
+        // The answer, and whether a newer snapshot may do (a file changed while it was read).
+        let (answer, newer_may_do) = match mode {
+            StoreMode::Here(publisher) => match publisher.publish(&snapshot) {
+                Ok(p) => {
+                    if let Some(made) = p.made {
+                        tracing::info!(
+                            "published {} ({} files linked, {} copied, {} bytes)",
+                            p.path,
+                            made.linked,
+                            made.copied,
+                            made.copied_bytes
+                        );
+                    }
+                    let answer = Response {
+                        ok: true,
+                        path: Some(p.path),
+                        ..Default::default()
+                    };
+                    (answer, false)
                 }
-                return Response {
-                    ok: true,
-                    path: Some(p.path),
-                    ..Default::default()
-                };
+                Err(e) => (Response::failed(e.to_string()), e.is_stale()),
+            },
+            StoreMode::Service(socket) => {
+                let answer = ask_service(live, socket, mountpoint, &snapshot);
+                let failed = answer.failed;
+                (answer, failed)
             }
-            Err(e) if e.is_stale() && tries + 1 < PUBLISH_TRIES => tries += 1,
-            Err(e) => return Response::failed(e.to_string()),
+        };
+        match newer_may_do && tries + 1 < PUBLISH_TRIES {
+            true => tries += 1,
+            false => return answer,
         }
     }
+}
+
+/// How long the store service may take to publish a snapshot: the first publication of a
+/// project copies all of it.
+const SERVICE_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Asks root's store service at `socket` to publish `snapshot`, served meanwhile (pinned) at
+/// its path in the view: the service's answer (with the store path), or a failure.
+fn ask_service(
+    live: &Live,
+    socket: &Path,
+    mountpoint: &Path,
+    snapshot: &crate::Snapshot,
+) -> Response {
+    let pin = live.pin(snapshot.clone(), Some(SERVICE_DEADLINE), None);
+    let view = mountpoint.join(snapshot.basename());
+    let answer = super::Client::connect_within(socket, 0, SERVICE_DEADLINE).and_then(|mut c| {
+        c.request(Request::Publish {
+            view: view.display().to_string(),
+        })
+    });
+    live.unpin(pin);
+    answer.unwrap_or_else(|e| {
+        Response::failed(format!(
+            "{}: the store service did not answer ({e}); it runs as root: `srcstore store serve`",
+            socket.display()
+        ))
+    })
 }
 
 fn status(live: &Live, mountpoint: &Path, warmed_dirs: u64) -> serde_json::Value {
@@ -301,9 +357,9 @@ impl Starting {
 }
 
 impl Handler for Starting {
-    fn handle(&self, request: Request) -> Response {
+    fn handle(&self, request: Request, peer: u32) -> Response {
         match self.wait() {
-            Ok(h) => h.handle(request),
+            Ok(h) => h.handle(request, peer),
             Err(refusal) => *refusal,
         }
     }

@@ -47,6 +47,12 @@ pub enum Request {
     Volume {
         partition: String,
     },
+    /// To the store service (`srcstore store serve`), from a user's daemon: publish the
+    /// snapshot the view serves at `view` (`<mountpoint>/<basename>`), reading it there
+    /// (`path`: its `/nix/store/<h>-source`). Only the view's owner may ask.
+    Publish {
+        view: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

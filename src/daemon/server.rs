@@ -1,5 +1,5 @@
-//! The daemon side of the control socket: one thread per connection, answering only the
-//! daemon's own user and root (`SO_PEERCRED`).
+//! The daemon side of the control socket: one thread per connection, answering only those the
+//! handler admits by their uid (`SO_PEERCRED`): a daemon, its own user and root.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -9,35 +9,38 @@ use super::protocol::{parse, Request, Response, MAX_LINE};
 
 /// What a daemon does with a request.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Response;
+    /// Answers `request` from a peer running as `peer`.
+    fn handle(&self, request: Request, peer: u32) -> Response;
+
+    /// Whether a peer running as `uid` may talk to this handler at all.
+    fn admits(&self, uid: u32) -> bool {
+        uid == rustix::process::geteuid().as_raw() || uid == 0
+    }
+
     /// Events for a [`Request::Subscribe`]r, until the receiver's sender is dropped.
     fn subscribe(&self) -> std::sync::mpsc::Receiver<Response>;
 }
 
 /// Answers connections on `listener` from a thread each, until the listener is closed.
 pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
-    let me = rustix::process::geteuid().as_raw();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let handler = handler.clone();
         let _ = std::thread::Builder::new()
             .name("srcstore-control".into())
             .spawn(move || {
-                if let Err(e) = converse(stream, me, &handler) {
+                if let Err(e) = converse(stream, &handler) {
                     tracing::debug!("control connection: {e}");
                 }
             });
     }
 }
 
-fn converse(stream: UnixStream, me: u32, handler: &Arc<dyn Handler>) -> std::io::Result<()> {
+fn converse(stream: UnixStream, handler: &Arc<dyn Handler>) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
-    let peer = rustix::net::sockopt::socket_peercred(&stream)?;
-    if peer.uid.as_raw() != me && !peer.uid.is_root() {
-        let refusal = Response::error(format!(
-            "uid {} may not control this daemon",
-            peer.uid.as_raw()
-        ));
+    let peer = rustix::net::sockopt::socket_peercred(&stream)?.uid.as_raw();
+    if !handler.admits(peer) {
+        let refusal = Response::error(format!("uid {peer} may not control this daemon"));
         return write_response(&mut writer, &refusal);
     }
     let mut reader = BufReader::new(stream).take(MAX_LINE as u64 + 1);
@@ -65,7 +68,7 @@ fn converse(stream: UnixStream, me: u32, handler: &Arc<dyn Handler>) -> std::io:
                 }
                 return Ok(());
             }
-            Ok(request) => write_response(&mut writer, &handler.handle(request))?,
+            Ok(request) => write_response(&mut writer, &handler.handle(request, peer))?,
             Err(refusal) => write_response(&mut writer, &refusal)?,
         }
     }

@@ -25,7 +25,7 @@ pub use mountinfo::{view_mounts, ViewMount};
 pub use refs::{references, refusal_block, sandbox_block, Reference, STABLE_SRC};
 pub use stage::{sweep, STAGE_ROOT};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
@@ -364,6 +364,36 @@ fn check_place(view: &ViewMount, named: &Path) -> Result<(), HookError> {
         }
     }
     Ok(())
+}
+
+/// A snapshot of a view that a path names, found as the hook finds what it stages: a view in
+/// the mount table, in its owner's place. Nothing has been asked of the view yet.
+pub struct ViewSnapshot {
+    pub view: ViewMount,
+    reference: Reference,
+}
+
+impl ViewSnapshot {
+    /// The snapshot `path` names exactly (`<mountpoint>/<basename>`).
+    pub fn find(path: &str) -> Result<ViewSnapshot, HookError> {
+        let views = view_mounts(&fs::read("/proc/self/mountinfo").unwrap_or_default());
+        let reference = refs::reference(path, &views).ok_or_else(|| {
+            HookError::new(
+                path,
+                "not a snapshot path of a srcstore view (`<mountpoint>/<hash>-<name>`)",
+            )
+        })?;
+        let view = reference.view.clone().ok_or_else(|| unseen(&reference))?;
+        check_place(&view, &reference.path)?;
+        Ok(ViewSnapshot { view, reference })
+    }
+
+    /// Opens its directory as the hook opens what it stages: beneath the view, with no link
+    /// followed and no other mount crossed (an `O_PATH` descriptor). This asks the view.
+    pub fn open(&self) -> Result<OwnedFd, HookError> {
+        let r = &self.reference;
+        stage::resolve(&self.view, &r.basename, &r.path)
+    }
 }
 
 /// Asks the daemon the view names to keep the snapshot until the build is over. The daemon

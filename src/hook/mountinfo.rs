@@ -14,6 +14,8 @@ use std::path::PathBuf;
 pub struct ViewMount {
     /// The kernel's id of the mount (`statx`'s `stx_mnt_id` of anything opened in it).
     pub id: u64,
+    /// Its device, `(major, minor)`: for FUSE, the number of its connection.
+    pub dev: (u32, u32),
     pub mountpoint: PathBuf,
     pub socket: PathBuf,
     /// Who mounted it (`user_id=`): the uid its daemon must run as.
@@ -36,8 +38,10 @@ fn view_mount(line: &str) -> Option<ViewMount> {
     let (left, right) = line.split_once(" - ")?;
     let mut left = left.split(' ');
     let id = left.next()?.parse().ok()?;
+    let (major, minor) = left.nth(1)?.split_once(':')?;
+    let dev = (major.parse().ok()?, minor.parse().ok()?);
     // A bind of a directory inside a view (a staged snapshot) is not a view.
-    if left.nth(2)? != "/" {
+    if left.next()? != "/" {
         return None;
     }
     let mountpoint = unescape(left.next()?);
@@ -53,6 +57,7 @@ fn view_mount(line: &str) -> Option<ViewMount> {
         .find_map(|o| o.strip_prefix("user_id=")?.parse().ok());
     Some(ViewMount {
         id,
+        dev,
         mountpoint: OsString::from_vec(mountpoint).into(),
         socket: OsString::from_vec(socket).into(),
         owner,

@@ -58,6 +58,12 @@ fn is_path_boundary(b: u8) -> bool {
     !(b.is_ascii_alphanumeric() || b"+-._?=/".contains(&b))
 }
 
+/// The snapshot `path` names exactly (`<mountpoint>/<basename>` of a view in `views`, or
+/// under a default runtime directory), if it names one.
+pub fn reference(path: &str, views: &[ViewMount]) -> Option<Reference> {
+    reference_at(path, views).filter(|r| r.path.as_os_str() == path)
+}
+
 /// The reference starting at `s` (which starts with `/`), if `s` is `<dir>/<basename>…`.
 fn reference_at(s: &str, views: &[ViewMount]) -> Option<Reference> {
     for view in views {

@@ -17,6 +17,7 @@ mod farm;
 mod locks;
 mod nixdb;
 mod records;
+mod serve;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -32,6 +33,7 @@ use rustix::io::Errno;
 pub use farm::Made;
 pub use nixdb::DbError;
 pub use records::{Records, Status};
+pub use serve::{Service, SERVICE_SOCKET};
 
 use crate::nar::{NarInfo, NarMemo};
 use crate::{nar, nixhash, Snapshot};

@@ -44,6 +44,21 @@ impl Root {
         })
     }
 
+    /// The directory open at `dir`, opened again to be read; `path` names it in messages.
+    pub fn reopen(path: &Path, dir: BorrowedFd<'_>) -> Result<Self, Error> {
+        let fd = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(path, e.into()))?;
+        Ok(Root {
+            path: path.into(),
+            fd,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -42,6 +42,11 @@ pub enum Serve {
     /// Directory and symlink to this path by turns, on every `LOOKUP` of the name and every
     /// `GETATTR` of the directory.
     Alternate(PathBuf),
+    /// A directory whose `file` holds other bytes (of the same length) on every read, none
+    /// of them cached by the kernel.
+    Shifting,
+    /// A directory whose `file` is never read: a read waits two minutes, then fails.
+    Stalled,
 }
 
 const ROOT: u64 = 1;
@@ -54,12 +59,13 @@ struct HostileFs {
     serve: Serve,
     lookups: Arc<AtomicU64>,
     dir_getattrs: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl HostileFs {
     fn target(&self) -> Option<&Path> {
         match &self.serve {
-            Serve::Dir => None,
+            Serve::Dir | Serve::Shifting | Serve::Stalled => None,
             Serve::Symlink(t) | Serve::FlipAfterFirst(t) | Serve::Alternate(t) => Some(t),
         }
     }
@@ -67,7 +73,7 @@ impl HostileFs {
     /// The inode the `n`th (0-based) lookup of the entry answers with.
     fn entry_ino(&self, n: u64) -> u64 {
         match self.serve {
-            Serve::Dir => DIR,
+            Serve::Dir | Serve::Shifting | Serve::Stalled => DIR,
             Serve::Symlink(_) => LINK,
             Serve::FlipAfterFirst(_) => {
                 if n == 0 {
@@ -168,7 +174,11 @@ impl Filesystem for HostileFs {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        let flags = match self.serve {
+            Serve::Shifting => FopenFlags::FOPEN_DIRECT_IO,
+            _ => FopenFlags::empty(),
+        };
+        reply.opened(FileHandle(0), flags);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -189,7 +199,17 @@ impl Filesystem for HostileFs {
         if ino.0 != FILE {
             return reply.error(Errno::EISDIR);
         }
-        let bytes = DECOY.as_bytes();
+        let mut bytes = DECOY.as_bytes().to_vec();
+        match self.serve {
+            Serve::Shifting => {
+                bytes[0] = b'a' + (self.reads.fetch_add(1, Ordering::SeqCst) % 26) as u8
+            }
+            Serve::Stalled => {
+                std::thread::sleep(Duration::from_secs(120));
+                return reply.error(Errno::EIO);
+            }
+            _ => {}
+        }
         let start = (offset as usize).min(bytes.len());
         let end = (start + size as usize).min(bytes.len());
         reply.data(&bytes[start..end]);
@@ -259,6 +279,7 @@ impl HostileView {
             serve,
             lookups: lookups.clone(),
             dir_getattrs: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         };
         let session = fuser::Session::new(fs, mountpoint, &config)
             .unwrap_or_else(|e| panic!("mounting a FUSE view at {mountpoint:?}: {e}"));

@@ -2,6 +2,8 @@
 //! environment, making trees, and asking real Nix.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,293 @@
+//! Store mode for a user: root's store service (`srcstore store serve`) publishes a user's
+//! snapshots, reading them from the user's own view, and trusts nothing the user says; the
+//! user builds the published flake through a real nix-daemon.
+
+mod support;
+
+#[path = "support/hostile.rs"]
+mod hostile;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hostile::{HostileView, Serve};
+use support::world::{World, DEV, OTHER};
+use support::{busybox_store_path, own, stderr, valid, verify_path, wait_for, write, Sandbox};
+
+/// A flake project owned by `user`, its lock file committed, whose output is its `msg`.
+fn flake_project(w: &World, user: &str) -> PathBuf {
+    let p = w.sb.path("flake");
+    let bb = busybox_store_path();
+    write(
+        &p.join("flake.nix"),
+        format!(
+            r#"{{
+  inputs.bb = {{ url = "path:{bb}"; flake = false; }};
+  outputs = {{ self, bb }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "from-source";
+      system = "x86_64-linux";
+      builder = "${{bb}}/bin/sh";
+      args = [ "-c" "read x < ${{self}}/msg; echo $x > $out" ];
+    }};
+  }};
+}}
+"#
+        ),
+    );
+    write(&p.join("msg"), "first");
+    let lock = Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command flakes"])
+        .args(["flake", "lock"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(lock.status.success(), "nix flake lock: {}", stderr(&lock));
+    // Its own bytes, so that its paths are its own: written after the lock, since locking a
+    // `path:` flake copies the tree into the store.
+    write(&p.join("unique"), w.sb.dir.path().to_str().unwrap());
+    for f in ["", "flake.nix", "flake.lock", "msg", "unique"] {
+        own(&p.join(f), user, if f.is_empty() { 0o755 } else { 0o644 });
+    }
+    p
+}
+
+/// The path Nix gives `dir` as a `source` path with srcstore's filter (root computes it).
+fn nix_would_give(sb: &Sandbox, dir: &Path) -> String {
+    let v = sb.json(&["--nix", "--name", "source", dir.to_str().unwrap()]);
+    v["store_path"].as_str().unwrap().to_owned()
+}
+
+/// `srcstore path --store` as `user`: its exit code, stdout, stderr.
+fn publish_as(w: &World, user: &str, project: &Path) -> (Option<i32>, String, String) {
+    let out = w.srcstore(user, &["path", "--store", project.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        stderr(&out),
+    )
+}
+
+/// `nix build "path:<path>"` as `user` through nix-daemon: the output's text.
+fn build_flake_as(w: &World, user: &str, path: &str) -> String {
+    let out = w.user(
+        user,
+        &[
+            "nix",
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "build",
+            "--no-link",
+            "--json",
+            &format!("path:{path}"),
+        ],
+    );
+    assert!(out.status.success(), "nix build: {}", stderr(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let output = built[0]["outputs"]["out"].as_str().unwrap();
+    fs::read_to_string(output).unwrap().trim().to_owned()
+}
+
+/// A `publish` request sent straight to the service at `socket` by `user` (root if `None`),
+/// in `w`'s world if given: the answer.
+fn ask(w: Option<&World>, user: Option<&str>, socket: &Path, view: &Path) -> serde_json::Value {
+    let request = serde_json::json!({"v": 1, "op": "publish", "view": view}).to_string();
+    let out = match w {
+        Some(w) => {
+            w.in_ns(user)
+                .args(["socat", "-", &format!("UNIX-CONNECT:{}", socket.display())])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    c.stdin
+                        .take()
+                        .unwrap()
+                        .write_all(format!("{request}\n").as_bytes())?;
+                    c.wait_with_output()
+                })
+                .unwrap()
+                .stdout
+        }
+        None => {
+            let mut s = UnixStream::connect(socket).unwrap();
+            s.write_all(format!("{request}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            line.into_bytes()
+        }
+    };
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out));
+    })
+}
+
+#[test]
+fn a_users_snapshot_is_published_by_roots_service_and_its_flake_builds_through_nix_daemon() {
+    let mut w = World::new(true);
+    w.serve_store(60);
+    let p = flake_project(&w, DEV);
+    w.mount_with(DEV, &p, &["--store"]);
+    let (code, path, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        path,
+        nix_would_give(&w.sb, &p),
+        "the path Nix gives the tree"
+    );
+    verify_path(&path);
+    assert_eq!(build_flake_as(&w, DEV, &path), "first");
+
+    // An edit: a new path, and a build of it.
+    write(&p.join("msg"), "second");
+    let (code, edited, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(edited, path);
+    verify_path(&edited);
+    assert_eq!(build_flake_as(&w, DEV, &edited), "second");
+    // The first stays as registered.
+    verify_path(&path);
+}
+
+#[test]
+fn another_user_cannot_have_the_service_publish_the_owners_snapshot() {
+    let mut w = World::new(true);
+    let socket = w.serve_store(60);
+    let p = flake_project(&w, DEV);
+    w.mount(DEV, &p);
+    let view = PathBuf::from(w.path(DEV, &p));
+    let path = nix_would_give(&w.sb, &p);
+
+    let answer = ask(Some(&w), Some(OTHER), &socket, &view);
+    assert_eq!(answer["ok"], false, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("may publish only its own snapshots"),
+        "{error}"
+    );
+    assert!(!valid(&path), "{path} was registered for another user");
+
+    // Nor anything that is not a view's snapshot: the path of the project itself.
+    let answer = ask(Some(&w), Some(OTHER), &socket, &p);
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(!valid(&path));
+}
+
+#[test]
+fn store_mode_for_a_user_with_no_service_running_says_how_to_start_one() {
+    let w = World::new(true);
+    let p = flake_project(&w, DEV);
+    let out = w
+        .in_ns(Some(DEV))
+        .env("SRCSTORE_STORE_SERVICE", w.sb.path("no-service.sock"))
+        .arg(support::srcstore_bin())
+        .args(["mount", "--store", "--allow-other"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no-service.sock") && err.contains("srcstore store serve"),
+        "{err}"
+    );
+}
+
+/// Root's store service in this process's namespace, at a socket of its own: for views the
+/// test mounts itself.
+struct Service {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Service {
+    fn start(sb: &Sandbox, stall: u64) -> Service {
+        let socket = sb.path("store.sock");
+        let log = fs::File::create(sb.path("store-service.log")).unwrap();
+        let child = sb
+            .cmd()
+            .env("SRCSTORE_LOG", "info")
+            .args(["store", "serve", "--stall", &stall.to_string(), "--socket"])
+            .arg(&socket)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for("the store service", || socket.exists());
+        Service { child, socket }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hostile view serving one snapshot, `hostile::entry()`, with one file.
+fn hostile_view(sb: &Sandbox, serve: Serve) -> HostileView {
+    let mnt = sb.path("hostile");
+    fs::create_dir_all(&mnt).unwrap();
+    HostileView::mount(&mnt, &sb.path("pins.sock"), serve)
+}
+
+#[test]
+fn a_view_that_answers_each_read_differently_gets_nothing_registered() {
+    let sb = Sandbox::new();
+    let service = Service::start(&sb, 60);
+    let view = hostile_view(&sb, Serve::Shifting);
+    let answer = ask(None, None, &service.socket, &view.snapshot());
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("file changed since the snapshot was taken"),
+        "{answer}"
+    );
+    // Whatever the view said the file held, no path of it is valid.
+    let records = fs::read_dir("/nix/var/srcstore/published").unwrap();
+    for r in records.flatten() {
+        let key = fs::read_to_string(r.path()).unwrap_or_default();
+        let project = fs::read_to_string(format!("/nix/var/srcstore/projects/{}", key.trim()))
+            .unwrap_or_default();
+        assert!(
+            !project.contains(&format!("dir {}\n", view.mountpoint.display())),
+            "{:?} was published from the hostile view",
+            r.file_name()
+        );
+    }
+}
+
+#[test]
+fn a_view_that_stops_answering_is_cut_off_and_the_service_answers_on() {
+    let sb = Sandbox::new();
+    let service = Service::start(&sb, 2);
+    let stalled = hostile_view(&sb, Serve::Stalled);
+    let started = Instant::now();
+    let answer = ask(None, None, &service.socket, &stalled.snapshot());
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the service waited {:?} on a view that never answers",
+        started.elapsed()
+    );
+    let log = fs::read_to_string(sb.path("store-service.log")).unwrap();
+    assert!(log.contains("cut off"), "{log}");
+    // The service goes on answering.
+    let again = ask(None, None, &service.socket, &sb.path("nothing"));
+    assert_eq!(again["ok"], false, "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a snapshot path"),
+        "{again}"
+    );
+}
