@@ -580,6 +580,8 @@ fn apply_through_a_users_symlink_never_lets_the_user_choose_what_root_runs() {
         .env("NIX_CONF_DIR", &link)
         .args(["nix", "setup", "--apply", "--fuse-conf"])
         .arg(&fuse)
+        .arg("--systemd-dir")
+        .arg(sb.path("systemd-system"))
         .output()
         .unwrap();
     if !out.status.success() {
@@ -777,6 +779,8 @@ fn undo_never_writes_through_a_planted_temporary_link() {
         .env("NIX_CONF_DIR", &conf)
         .args(["nix", "setup", "--undo", "--fuse-conf"])
         .arg(&fuse)
+        .arg("--systemd-dir")
+        .arg(sb.path("systemd-system"))
         .output()
         .unwrap();
     assert_eq!(

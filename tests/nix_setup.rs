@@ -12,6 +12,8 @@ use support::{write, Sandbox};
 struct Conf {
     dir: std::path::PathBuf,
     fuse: std::path::PathBuf,
+    /// Where systemd's system units would be.
+    systemd: std::path::PathBuf,
     /// Root's copy lands beside the hook, so its directory must be one only root can write.
     _root_only: Option<tempfile::TempDir>,
 }
@@ -21,6 +23,8 @@ fn setup(sb: &Sandbox, c: &Conf, extra: &[&str]) -> std::process::Output {
         .env("NIX_CONF_DIR", &c.dir)
         .args(["nix", "setup", "--fuse-conf"])
         .arg(&c.fuse)
+        .arg("--systemd-dir")
+        .arg(&c.systemd)
         .args(extra)
         .output()
         .unwrap()
@@ -33,9 +37,12 @@ fn conf(sb: &Sandbox, nix_conf: &str, fuse_conf: &str) -> Conf {
     support::chmod(&dir, 0o755);
     let fuse = sb.path("fuse.conf");
     write(&fuse, fuse_conf);
+    let systemd = root_only.path().join("systemd-system");
+    fs::create_dir(&systemd).unwrap();
     Conf {
         dir,
         fuse,
+        systemd,
         _root_only: Some(root_only),
     }
 }
@@ -92,6 +99,16 @@ fn apply_is_idempotent_keeps_the_old_hook_running_and_undo_restores_the_bytes() 
     assert!(fs::read_to_string(&c.fuse)
         .unwrap()
         .contains("\nuser_allow_other\n"));
+    // Root's store service, running root's copy.
+    let unit = c.systemd.join("srcstore-store.service");
+    let text = fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.contains(&format!(
+            "\nExecStart={} store serve\n",
+            c.dir.join("srcstore").display()
+        )),
+        "{text}"
+    );
 
     // Real Nix reads the result.
     let shown = Command::new("nix")
@@ -121,6 +138,7 @@ fn apply_is_idempotent_keeps_the_old_hook_running_and_undo_restores_the_bytes() 
     );
     assert_eq!(fs::read_to_string(&c.fuse).unwrap(), "#mount_max = 1000\n");
     assert!(!wrapper.exists());
+    assert!(!unit.exists());
 }
 
 #[test]
@@ -161,6 +179,7 @@ fn a_configuration_directory_that_does_not_exist_is_named() {
     let c = Conf {
         dir: sb.path("no/such/dir"),
         fuse: sb.path("fuse.conf"),
+        systemd: sb.path("systemd-system"),
         _root_only: None,
     };
     let out = setup(&sb, &c, &["--apply"]);
@@ -251,6 +270,7 @@ fn apply_refuses_a_configuration_directory_others_can_write() {
     let exposed = Conf {
         dir: sb.path("etc-nix"),
         fuse: c.fuse.clone(),
+        systemd: c.systemd.clone(),
         _root_only: None,
     };
     write(&exposed.dir.join("nix.conf"), "sandbox = true\n");
@@ -276,13 +296,20 @@ fn on_nixos_apply_writes_roots_copy_and_prints_the_configuration_for_the_files_t
     let generated = sb.path("generated");
     write(&generated.join("nix.conf"), "sandbox = false\n");
     write(&generated.join("fuse.conf"), "# mount_max = 1000\n");
+    write(
+        &generated.join("systemd-system/nix-daemon.service"),
+        "[Unit]\n",
+    );
     let store = support::nix_store_keep(&generated);
     std::os::unix::fs::symlink(format!("{store}/nix.conf"), dir.join("nix.conf")).unwrap();
     let fuse = sb.path("fuse.conf");
     std::os::unix::fs::symlink(format!("{store}/fuse.conf"), &fuse).unwrap();
+    let systemd = sb.path("systemd-system");
+    std::os::unix::fs::symlink(format!("{store}/systemd-system"), &systemd).unwrap();
     let c = Conf {
         dir: dir.clone(),
         fuse: fuse.clone(),
+        systemd,
         _root_only: None,
     };
     let out = stdout(&setup(&sb, &c, &["--apply"]));
@@ -291,6 +318,10 @@ fn on_nixos_apply_writes_roots_copy_and_prints_the_configuration_for_the_files_t
         "  nix.settings.sandbox = true;".to_owned(),
         format!("  nix.settings.pre-build-hook = \"{}\";", hook.display()),
         "  programs.fuse.userAllowOther = true;".to_owned(),
+        format!(
+            "  systemd.services.srcstore-store = {{ wantedBy = [ \"multi-user.target\" ]; after = [ \"nix-daemon.service\" ]; serviceConfig.ExecStart = \"{} store serve\"; }};",
+            dir.join("srcstore").display()
+        ),
     ] {
         assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
     }
@@ -335,6 +366,8 @@ fn setup_and_mount_say_in_one_line_that_a_lix_discarding_the_hooks_output_shows_
         .env("NIX_CONF_DIR", &c.dir)
         .args(["nix", "setup", "--fuse-conf"])
         .arg(&c.fuse)
+        .arg("--systemd-dir")
+        .arg(&c.systemd)
         .output()
         .unwrap();
     let out = stdout(&out);

@@ -20,6 +20,9 @@ pub struct Args {
     /// The FUSE configuration file to check.
     #[arg(long, default_value = "/etc/fuse.conf", hide = true)]
     fuse_conf: PathBuf,
+    /// Where systemd's system units are.
+    #[arg(long, default_value = "/etc/systemd/system", hide = true)]
+    systemd_dir: PathBuf,
 }
 
 const WRAPPER_NAME: &str = "srcstore-pre-build-hook";
@@ -28,6 +31,8 @@ const WRAPPER_NAME: &str = "srcstore-pre-build-hook";
 const COPY_NAME: &str = "srcstore";
 const FUSE_MARK: &str =
     "# added by `srcstore nix setup --apply` for `srcstore mount --allow-other`";
+/// The system unit of root's store service.
+const UNIT_NAME: &str = "srcstore-store.service";
 
 struct Plan {
     lines: Vec<String>,
@@ -36,6 +41,8 @@ struct Plan {
     /// The bytes root's copy must have (this binary's).
     copy: Vec<u8>,
     fuse_line_needed: bool,
+    /// The store service's unit, where systemd keeps units.
+    unit: Option<(PathBuf, String)>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -53,23 +60,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let fuse = fs::read_to_string(&args.fuse_conf).unwrap_or_default();
     let copy_path = conf_dir.join(COPY_NAME);
+    let unit_path = args.systemd_dir.join(UNIT_NAME);
     if args.undo {
+        if unit_path.exists() {
+            systemctl(&["disable", "--now", UNIT_NAME]);
+        }
         return undo(
             &nix_conf,
             &text,
-            &[&wrapper_path, &copy_path],
+            &[&wrapper_path, &copy_path, &unit_path],
             &args.fuse_conf,
             &fuse,
         );
     }
-    let plan = plan(&text, &wrapper_path, &copy_path, &fuse)?;
+    let mut plan = plan(&text, &wrapper_path, &copy_path, &fuse)?;
+    plan_unit(&mut plan, &args.systemd_dir, &copy_path);
     let new_text = conf::with_block(&text, &plan.settings);
     let wrapper_current = fs::read_to_string(&wrapper_path).ok();
     let copy_current = fs::read(&copy_path).ok();
     let unchanged = new_text == text
         && wrapper_current.as_deref() == Some(&plan.wrapper)
         && copy_current.as_deref() == Some(&plan.copy)
-        && !plan.fuse_line_needed;
+        && !plan.fuse_line_needed
+        && plan
+            .unit
+            .as_ref()
+            .is_none_or(|(path, unit)| fs::read_to_string(path).ok().as_ref() == Some(unit));
     for line in &plan.lines {
         match line.strip_prefix("change  ") {
             Some(rest) if unchanged => println!("ok      {rest}"),
@@ -92,6 +108,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // there instead.
     let system = [&nix_conf, &args.fuse_conf].map(|p| written_by_system(p));
     let mut declare = Vec::new();
+    let mut managed = Vec::new();
+    if let Some((path, unit)) = &plan.unit {
+        if written_by_system(&args.systemd_dir) {
+            declare.push(nixos_unit(&copy_path));
+            managed.push(args.systemd_dir.display().to_string());
+        } else {
+            write_atomically(path, unit.as_bytes(), 0o644)?;
+            match systemctl(&["daemon-reload"]) && systemctl(&["enable", "--now", UNIT_NAME]) {
+                true => println!("started {UNIT_NAME}"),
+                false => println!(
+                    "note    systemd does not run the system here: start root's store service yourself (`{} store serve`, as root)",
+                    copy_path.display()
+                ),
+            }
+        }
+    }
     if new_text != text && system[0] {
         declare.extend(plan.settings.iter().map(|s| nixos_setting(s)));
     } else if new_text != text {
@@ -112,12 +144,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )?;
     }
     if !declare.is_empty() {
-        let managed: Vec<String> = [&nix_conf, &args.fuse_conf]
-            .iter()
-            .zip(system)
-            .filter(|(_, s)| *s)
-            .map(|(p, _)| p.display().to_string())
-            .collect();
+        managed.extend(
+            [&nix_conf, &args.fuse_conf]
+                .iter()
+                .zip(system)
+                .filter(|(_, s)| *s)
+                .map(|(p, _)| p.display().to_string()),
+        );
         println!(
             "written: {} and {}; {} written by the system's configuration (a link into the Nix store): add this to it (NixOS: configuration.nix), then run `nixos-rebuild switch`:",
             copy_path.display(),
@@ -131,6 +164,64 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("applied: {}", nix_conf.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plans root's store service: a systemd system unit running root's copy as `srcstore store
+/// serve`, where systemd keeps units.
+fn plan_unit(plan: &mut Plan, systemd_dir: &Path, copy_path: &Path) {
+    if !systemd_dir.is_dir() {
+        plan.lines.push(format!(
+            "note    no {}: start root's store service yourself (`{} store serve`, as root) for users' `srcstore mount --store`",
+            systemd_dir.display(),
+            copy_path.display()
+        ));
+        return;
+    }
+    let path = systemd_dir.join(UNIT_NAME);
+    let unit = format!(
+        "# Written by `srcstore nix setup --apply`; `srcstore nix setup --undo` removes it.\n\
+         [Unit]\nDescription=srcstore store service: publishes users' snapshots to the Nix store\n\
+         After=nix-daemon.service\n\n\
+         [Service]\nExecStart={} store serve\nRestart=on-failure\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        copy_path.display()
+    );
+    match fs::read_to_string(&path) {
+        Ok(current) if current == unit => plan.lines.push(format!(
+            "ok      {} runs root's store service",
+            path.display()
+        )),
+        _ => plan.lines.push(format!(
+            "change  {}: root's store service (`srcstore store serve`), through which users' `srcstore mount --store` publish",
+            path.display()
+        )),
+    }
+    plan.unit = Some((path, unit));
+}
+
+/// The NixOS declaration of root's store service.
+fn nixos_unit(copy_path: &Path) -> String {
+    format!(
+        "systemd.services.srcstore-store = {{ wantedBy = [ \"multi-user.target\" ]; after = [ \"nix-daemon.service\" ]; serviceConfig.ExecStart = \"{} store serve\"; }};",
+        copy_path.display()
+    )
+}
+
+/// `systemctl ARGS` where systemd runs the system: whether it did. Says what failed.
+fn systemctl(args: &[&str]) -> bool {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return false;
+    }
+    match std::process::Command::new("systemctl").args(args).output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => println!(
+            "note    systemctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => println!("note    systemctl {}: {e}", args.join(" ")),
+    }
+    false
 }
 
 /// Whether `path` is a link into the Nix store, as NixOS makes `/etc/nix/nix.conf` and
@@ -251,6 +342,7 @@ fn plan(text: &str, wrapper_path: &Path, copy_path: &Path, fuse: &str) -> anyhow
         wrapper,
         copy,
         fuse_line_needed,
+        unit: None,
     })
 }
 

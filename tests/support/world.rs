@@ -77,11 +77,16 @@ impl World {
             _conf: conf,
         };
         wait_for("the namespace", || ready.exists());
+        // Units go to a directory of the world's, not the machine's.
+        let units = world.sb.path("systemd-system");
+        fs::create_dir_all(&units).unwrap();
         let applied = world.root(&[
             super::srcstore_bin().to_str().unwrap(),
             "nix",
             "setup",
             "--apply",
+            "--systemd-dir",
+            units.to_str().unwrap(),
         ]);
         assert!(applied.status.success(), "{}", super::stderr(&applied));
         let log = fs::File::create(world.sb.path("nix-daemon.log")).unwrap();
