@@ -363,22 +363,6 @@ fn path_store_from_a_daemon_without_store_mode_says_how_to_start_one() {
     assert!(err.contains("mount --store"), "{err}");
 }
 
-/// The store entry a publication for `project` has under way, by srcstore's journal (each
-/// entry names its project's record, which names the project's directory).
-fn under_way(project: &Path) -> Option<String> {
-    let records = Path::new("/nix/var/srcstore");
-    let wanted = format!("dir {}\n", project.display());
-    fs::read_dir(records.join("publishing"))
-        .ok()?
-        .flatten()
-        .find(|e| {
-            let key = fs::read_to_string(e.path()).unwrap_or_default();
-            fs::read_to_string(records.join("projects").join(key.trim()))
-                .is_ok_and(|r| r.contains(&wanted))
-        })
-        .map(|e| format!("/nix/store/{}", e.file_name().to_string_lossy()))
-}
-
 /// Starts a daemon in store mode on `project` and kills it (SIGKILL) while its first
 /// publication, of `path`, is under way; the store entry it was making.
 fn kill_mid_publication(sb: &Sandbox, project: &Path, path: &str) -> String {
@@ -386,7 +370,7 @@ fn kill_mid_publication(sb: &Sandbox, project: &Path, path: &str) -> String {
     // The first publication runs in the background from the start.
     let mut making = None;
     for _ in 0..5000 {
-        if let Some(entry) = under_way(project) {
+        if let Some(entry) = support::under_way(project) {
             d.stop_with("-KILL");
             making = Some(entry);
             break;
@@ -450,7 +434,7 @@ fn store_repair_takes_back_what_a_killed_publication_left_and_says_so() {
     if !valid(&making) {
         assert!(fs::symlink_metadata(&making).is_err(), "{making} was left");
     }
-    assert!(under_way(&p).is_none());
+    assert!(support::under_way(&p).is_none());
 }
 
 #[test]

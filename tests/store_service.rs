@@ -291,3 +291,102 @@ fn a_view_that_stops_answering_is_cut_off_and_the_service_answers_on() {
         "{again}"
     );
 }
+
+/// A project of 3,000 files owned by `user`, its own.
+fn big_project(w: &World, user: &str) -> PathBuf {
+    let p = w.sb.path("big");
+    for i in 0..3000 {
+        write(
+            &p.join(format!("d{}/f{i}", i % 30)),
+            format!("{i} {}", w.sb.dir.path().display()).repeat(100),
+        );
+    }
+    let chown = Command::new("chown")
+        .args(["-R", user])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    p
+}
+
+#[test]
+fn the_service_killed_mid_publication_leaves_nothing_valid_and_wrong_and_its_restart_repairs() {
+    let mut w = World::new(true);
+    w.serve_store(60);
+    let p = big_project(&w, DEV);
+    let path = nix_would_give(&w.sb, &p);
+    // The first publication starts with the daemon.
+    w.mount_with(DEV, &p, &["--store"]);
+    let view = PathBuf::from(w.path(DEV, &p));
+    let mountpoint = view.parent().unwrap();
+    let mut making = None;
+    for _ in 0..5000 {
+        if let Some(entry) = support::under_way(mountpoint) {
+            let service = w.store_child.as_mut().unwrap();
+            service.kill().unwrap();
+            service.wait().unwrap();
+            making = Some(entry);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let making = making.expect("the publication was never seen under way");
+    // Never valid and wrong: invalid (half made), or valid and whole.
+    if valid(&path) {
+        verify_path(&path);
+    }
+
+    w.serve_store(60);
+    let log = fs::read_to_string(w.sb.path("store-service.log")).unwrap();
+    assert!(
+        log.contains(&format!("{making}: removed, left half-made"))
+            || log.contains(&format!("{making}: published whole")),
+        "the restart did not say what it repaired: {log}"
+    );
+    assert!(fs::symlink_metadata(&making).is_err() || valid(&making));
+    let (code, again, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(again, path);
+    verify_path(&again);
+}
+
+#[test]
+fn a_published_path_travels_through_a_binary_cache_into_a_store_that_requires_signatures() {
+    let mut w = World::new(true);
+    w.serve_store(60);
+    let p = flake_project(&w, DEV);
+    w.mount_with(DEV, &p, &["--store"]);
+    let (code, path, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(0), "{err}");
+    let cache = w.sb.path("cache");
+    let other = w.sb.path("other-store");
+    let nix = |args: &[&str]| {
+        let out = Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nix {args:?}: {}", stderr(&out));
+    };
+    nix(&[
+        "copy",
+        "--to",
+        &format!("file://{}", cache.display()),
+        &path,
+    ]);
+    // `require-sigs` is on by default; nothing here turns signature checks off.
+    nix(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--from",
+        &format!("file://{}", cache.display()),
+        "--to",
+        other.to_str().unwrap(),
+        &path,
+    ]);
+    let copied = other.join(path.trim_start_matches('/'));
+    assert_eq!(fs::read_to_string(copied.join("msg")).unwrap(), "first");
+}

@@ -107,6 +107,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             socket.display()
         )));
     }
+    // What a service killed mid-publication left. On a thread of its own: where the store is
+    // read-only, writing it moves that thread into a mount namespace of its own, and the
+    // service must go on seeing users' views where they are mounted.
+    let repaired = std::thread::spawn(store::repair)
+        .join()
+        .map_err(|_| anyhow::anyhow!("repairing the store panicked"))??;
+    for line in repaired {
+        tracing::info!("{line}");
+    }
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

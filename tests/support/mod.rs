@@ -560,6 +560,22 @@ pub fn publish(sb: &Sandbox, project: &Path, extra: &[&str]) -> String {
     sb.ok(&args).trim().to_owned()
 }
 
+/// The store entry a publication for `project` has under way, by srcstore's journal (each
+/// entry names its project's record, which names the project's directory).
+pub fn under_way(project: &Path) -> Option<String> {
+    let records = Path::new("/nix/var/srcstore");
+    let wanted = format!("dir {}\n", project.display());
+    fs::read_dir(records.join("publishing"))
+        .ok()?
+        .flatten()
+        .find(|e| {
+            let key = fs::read_to_string(e.path()).unwrap_or_default();
+            fs::read_to_string(records.join("projects").join(key.trim()))
+                .is_ok_and(|r| r.contains(&wanted))
+        })
+        .map(|e| format!("/nix/store/{}", e.file_name().to_string_lossy()))
+}
+
 /// Whether Nix holds `path` valid.
 pub fn valid(path: &str) -> bool {
     Command::new("nix-store")

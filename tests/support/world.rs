@@ -23,8 +23,10 @@ pub struct World {
     holder: Child,
     nix_daemon: Option<Child>,
     daemons: Vec<Child>,
-    /// Where root's store service answers, once started ([`World::serve_store`]).
+    /// Where root's store service answers, once started ([`World::serve_store`]), and the
+    /// service.
     pub store_service: Option<PathBuf>,
+    pub store_child: Option<Child>,
     _conf: tempfile::TempDir,
 }
 
@@ -74,6 +76,7 @@ impl World {
             nix_daemon: None,
             daemons: Vec::new(),
             store_service: None,
+            store_child: None,
             _conf: conf,
         };
         wait_for("the namespace", || ready.exists());
@@ -195,7 +198,11 @@ impl World {
     /// finds it through `SRCSTORE_STORE_SERVICE`.
     pub fn serve_store(&mut self, stall: u64) -> PathBuf {
         let socket = self.sb.path("store.sock");
-        let log = fs::File::create(self.sb.path("store-service.log")).unwrap();
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.sb.path("store-service.log"))
+            .unwrap();
         let child = self
             .in_ns(None)
             .env("SRCSTORE_LOG", "info")
@@ -206,8 +213,10 @@ impl World {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.daemons.push(child);
-        wait_for("the store service", || socket.exists());
+        self.store_child = Some(child);
+        wait_for("the store service", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
         self.store_service = Some(socket.clone());
         socket
     }
@@ -248,7 +257,8 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        for child in self.daemons.iter_mut().chain(self.nix_daemon.as_mut()) {
+        let children = self.store_child.iter_mut().chain(self.daemons.iter_mut());
+        for child in children.chain(self.nix_daemon.as_mut()) {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
