@@ -23,6 +23,8 @@ pub enum Error {
     Unstable { path: PathBuf },
     #[error("{path}: file changed since the snapshot was taken")]
     Stale { path: PathBuf },
+    #[error("{path}: more than the {limit} this scan may read")]
+    OverBudget { path: PathBuf, limit: String },
     #[error("{name:?} is not a valid Nix store path name: {why}")]
     InvalidName { name: String, why: &'static str },
 }

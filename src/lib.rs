@@ -16,6 +16,7 @@
 // `unsafe` lives in one module, `sys` (system calls no safe wrapper offers).
 #![deny(unsafe_code)]
 
+mod accounts;
 mod atomic;
 pub mod beneath;
 pub mod cache;
@@ -37,5 +38,5 @@ mod worktree;
 
 pub use error::Error;
 pub use scan::Changes;
-pub use scan::{DirHook, Filter, ScanStats, Scanner};
+pub use scan::{Budget, DirHook, Filter, ScanStats, Scanner};
 pub use snapshot::Snapshot;

@@ -69,6 +69,49 @@ pub struct Scanner {
     contents: bool,
     /// The directory, opened already (see [`Scanner::opened`]).
     opened: Option<OwnedFd>,
+    budget: Option<Arc<Budget>>,
+}
+
+/// How much a scan may read: entries listed, and file bytes, each checked before it is read
+/// (a file's size from the descriptor it is read through), so a tree larger than this is
+/// refused without reading the rest.
+pub struct Budget {
+    entries: u64,
+    bytes: u64,
+    read: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(entries: u64, bytes: u64) -> Budget {
+        Budget {
+            entries,
+            bytes,
+            read: AtomicU64::new(0),
+        }
+    }
+
+    /// `listed` entries so far, the last of them at `path`.
+    pub(crate) fn list(&self, listed: u64, path: impl FnOnce() -> PathBuf) -> Result<(), Error> {
+        match listed > self.entries {
+            true => Err(Error::OverBudget {
+                path: path(),
+                limit: format!("{} entries", self.entries),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// `size` more bytes to read, of the file at `path`.
+    pub(crate) fn take(&self, size: u64, path: impl FnOnce() -> PathBuf) -> Result<(), Error> {
+        let before = self.read.fetch_add(size, Ordering::Relaxed);
+        match before.saturating_add(size) > self.bytes {
+            true => Err(Error::OverBudget {
+                path: path(),
+                limit: format!("{} bytes", self.bytes),
+            }),
+            false => Ok(()),
+        }
+    }
 }
 
 /// Where a walk notes the files it saw with more than one link (their paths below the root):
@@ -105,7 +148,14 @@ impl Scanner {
             links: None,
             contents: true,
             opened: None,
+            budget: None,
         }
+    }
+
+    /// See [`Budget`].
+    pub fn budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Scans the directory open at `dir` (a descriptor, `O_PATH` will do) rather than opening
@@ -335,10 +385,13 @@ impl<'a> Walk<'a> {
                     });
                 }
             }
-            let h =
-                read::hash_settled(self.root.fd(), rel, Some(read::stamp_of_stat(&st)), || {
-                    path.to_path_buf()
-                })?;
+            let h = read::hash_settled(
+                self.root.fd(),
+                rel,
+                Some(read::stamp_of_stat(&st)),
+                None,
+                || path.to_path_buf(),
+            )?;
             if let Some(Node::File(old)) = old {
                 // Hashed again to exactly what it was: the same node, so nothing above it moves.
                 let same = (old.content, old.executable(), old.stamp, old.racy())

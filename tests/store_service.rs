@@ -207,12 +207,18 @@ struct Service {
 
 impl Service {
     fn start(sb: &Sandbox, stall: u64) -> Service {
+        Service::start_with(sb, &["--stall", &stall.to_string()])
+    }
+
+    fn start_with(sb: &Sandbox, args: &[&str]) -> Service {
         let socket = sb.path("store.sock");
         let log = fs::File::create(sb.path("store-service.log")).unwrap();
         let child = sb
             .cmd()
             .env("SRCSTORE_LOG", "info")
-            .args(["store", "serve", "--stall", &stall.to_string(), "--socket"])
+            .args(["store", "serve"])
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -323,9 +329,7 @@ fn the_service_killed_mid_publication_leaves_nothing_valid_and_wrong_and_its_res
     let mut making = None;
     for _ in 0..5000 {
         if let Some(entry) = support::under_way(mountpoint) {
-            let service = w.store_child.as_mut().unwrap();
-            service.kill().unwrap();
-            service.wait().unwrap();
+            w.stop_store();
             making = Some(entry);
             break;
         }
@@ -389,4 +393,63 @@ fn a_published_path_travels_through_a_binary_cache_into_a_store_that_requires_si
     ]);
     let copied = other.join(path.trim_start_matches('/'));
     assert_eq!(fs::read_to_string(copied.join("msg")).unwrap(), "first");
+}
+
+#[test]
+fn a_user_nix_does_not_allow_cannot_publish_and_one_a_group_of_allowed_users_names_can() {
+    // srcstore-dev's primary group is its own.
+    let mut w = World::with_conf(true, "allowed-users = @srcstore-dev");
+    w.serve_store(60);
+    let p = flake_project(&w, DEV);
+    w.mount_with(DEV, &p, &["--store"]);
+    let (code, _, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(0), "{err}");
+
+    let q = w.project(OTHER, "others");
+    w.mount_with(OTHER, &q, &["--store"]);
+    let (code, _, err) = publish_as(&w, OTHER, &q);
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("allowed-users"), "{err}");
+}
+
+#[test]
+fn a_publication_past_the_users_quota_is_refused_in_one_line_and_nothing_registered() {
+    let mut w = World::new(true);
+    w.serve_store_with(&["--quota-bytes", "100000"]);
+    let p = big_project(&w, DEV);
+    let path = nix_would_give(&w.sb, &p);
+    w.mount_with(DEV, &p, &["--store"]);
+    let (code, _, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("more than the 100000 bytes") && err.contains("quota"),
+        "{err}"
+    );
+    assert!(!valid(&path));
+
+    // Paths count as well: 3,000 files and 30 directories are more than 1,000.
+    w.stop_store();
+    w.serve_store_with(&["--quota-paths", "1000"]);
+    let (code, _, err) = publish_as(&w, DEV, &p);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("more than the 1000 entries"), "{err}");
+    assert!(!valid(&path));
+}
+
+#[test]
+fn the_quota_holds_while_reading_a_file_that_claims_a_terabyte_is_never_read() {
+    let sb = Sandbox::new();
+    let service = Service::start_with(&sb, &["--quota-bytes", "1000000"]);
+    let view = hostile_view(&sb, Serve::Huge);
+    let started = Instant::now();
+    let answer = ask(None, None, &service.socket, &view.snapshot());
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("1000000 bytes"),
+        "{answer}"
+    );
+    assert_eq!(view.reads(), 0, "the service read a file past its quota");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -34,6 +34,13 @@ pub struct ServeArgs {
     /// whose server stopped answering).
     #[arg(long, default_value_t = 60)]
     stall: u64,
+    /// How many entries (files, directories, links) one user's publication may read.
+    #[arg(long, default_value_t = 1_000_000)]
+    quota_paths: u64,
+    /// How many bytes of files one user's publication may read (default: a tenth of the
+    /// store's filesystem).
+    #[arg(long)]
+    quota_bytes: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -127,7 +134,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
     tracing::info!("answering at {}", socket.display());
-    let service = store::Service::new(Duration::from_secs(args.stall));
+    let quota_bytes = match args.quota_bytes {
+        Some(b) => b,
+        None => {
+            let st = rustix::fs::statvfs(store::STORE_DIR)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", store::STORE_DIR))?;
+            st.f_blocks * st.f_frsize / 10
+        }
+    };
+    let service = store::Service::new(store::Limits {
+        stall: Duration::from_secs(args.stall),
+        quota_paths: args.quota_paths,
+        quota_bytes,
+    });
     srcstore::daemon::serve(listener, Arc::new(service));
     Ok(())
 }

@@ -43,7 +43,7 @@ pub fn build_user(parent: Pid, drv: &Path, chroot: Option<&Path>) -> Result<(u32
         .and_then(|c| fs::symlink_metadata(c).ok())
         .filter(|m| m.uid() == 0)
         .map(|m| m.gid())
-        .or_else(|| primary_gid(uid))
+        .or_else(|| crate::accounts::user(uid).map(|u| u.gid))
         .ok_or_else(|| Denied(format!("cannot tell the group of build user {uid}")))?;
     Ok((uid, gid))
 }
@@ -267,14 +267,6 @@ fn users_running() -> Vec<u32> {
     users.sort_unstable();
     users.dedup();
     users
-}
-
-fn primary_gid(uid: u32) -> Option<u32> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
-    })
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub(super) fn scan(scanner: &Scanner, root: &Root) -> Result<(Node, ScanStats), 
         hook: scanner.on_dir.as_deref(),
         progress: &scanner.progress,
         links: scanner.links.as_ref(),
+        budget: scanner.budget.as_ref(),
         contents: scanner.contents,
         threads: scanner.threads.max(1),
         queue: Mutex::new(Queue::default()),
@@ -100,6 +101,7 @@ struct Shared<'a> {
     hook: Option<&'a super::DirHookFn>,
     progress: &'a AtomicU64,
     links: Option<&'a Links>,
+    budget: Option<&'a Arc<super::Budget>>,
     /// Whether files are read and hashed, or only stat-ed (`Scanner::unread`).
     contents: bool,
     threads: usize,
@@ -405,7 +407,10 @@ impl Shared<'_> {
                 .get(prev_at)
                 .filter(|e| e.name == name)
                 .map(|e| &e.node);
-            self.progress.fetch_add(1, Ordering::Relaxed);
+            let listed = self.progress.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(budget) = self.budget {
+                budget.list(listed, || self.abs(&job.child_rel(&name)))?;
+            }
             let node = self.entry(
                 &job,
                 &fd,
@@ -553,7 +558,8 @@ impl Shared<'_> {
         expected: Option<Stamp>,
         stats: &mut ScanStats,
     ) -> Result<(), Error> {
-        let h = match read::hash_settled(dir_fd.as_fd(), name, expected, || {
+        let budget = self.budget.map(|b| &**b);
+        let h = match read::hash_settled(dir_fd.as_fd(), name, expected, budget, || {
             self.abs(&job.child_rel(name))
         }) {
             Ok(h) => h,

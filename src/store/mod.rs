@@ -33,7 +33,7 @@ use rustix::io::Errno;
 pub use farm::Made;
 pub use nixdb::DbError;
 pub use records::{Records, Status};
-pub use serve::{Service, SERVICE_SOCKET};
+pub use serve::{Limits, Service, SERVICE_SOCKET};
 
 use crate::nar::{NarInfo, NarMemo};
 use crate::{nar, nixhash, Snapshot};

@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::Publisher;
 use crate::daemon::{Handler, Request, Response};
 use crate::hook::{ViewMount, ViewSnapshot};
-use crate::{Filter, Scanner};
+use crate::{Budget, Filter, Scanner};
 
 /// Where the store service answers: a place in `/run` only root can make.
 pub const SERVICE_SOCKET: &str = "/run/srcstore-store.sock";
@@ -32,15 +32,28 @@ pub const SERVICE_SOCKET: &str = "/run/srcstore-store.sock";
 pub struct Service {
     /// One publisher per user and view.
     publishers: Mutex<HashMap<(u32, PathBuf), Arc<Publisher>>>,
+    /// Held by a user's publication while it runs: one at a time per user, so that the quota
+    /// bounds what root reads for a user at any moment.
+    users: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+    limits: Limits,
+}
+
+/// What the service allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
     /// How long a publication may go without progress before its view is cut off.
-    stall: Duration,
+    pub stall: Duration,
+    /// What one user's publication may read: entries of the tree, and file bytes.
+    pub quota_paths: u64,
+    pub quota_bytes: u64,
 }
 
 impl Service {
-    pub fn new(stall: Duration) -> Service {
+    pub fn new(limits: Limits) -> Service {
         Service {
             publishers: Mutex::default(),
-            stall,
+            users: Mutex::default(),
+            limits,
         }
     }
 
@@ -57,13 +70,27 @@ impl Service {
                 "{path}: served by uid {owner}'s view; uid {peer} may publish only its own snapshots"
             ));
         }
+        if !nix_allows(peer) {
+            return Response::error(format!(
+                "{path}: uid {peer} is not in Nix's allowed-users (nor its trusted-users), so it may not add to the store"
+            ));
+        }
         let publisher = match self.publisher(owner, view) {
             Ok(p) => p,
             Err(e) => return Response::failed(e.to_string()),
         };
+        let user = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(owner)
+            .or_default()
+            .clone();
+        let _one_at_a_time = user.lock().unwrap_or_else(|p| p.into_inner());
         // From the first question to the view on, a view that stops answering is cut off.
         let progress = Arc::new(AtomicU64::new(0));
-        let _watchdog = Watchdog::start(view, self.stall, progress.clone(), publisher.clone());
+        let stall = self.limits.stall;
+        let _watchdog = Watchdog::start(view, stall, progress.clone(), publisher.clone());
         let dir = match snapshot.open() {
             Ok(dir) => dir,
             Err(e) => return Response::error(e.to_string()),
@@ -72,9 +99,16 @@ impl Service {
             .name(Some(super::NAME.into()))
             .opened(dir)
             .progress(progress)
+            .budget(Arc::new(Budget::new(
+                self.limits.quota_paths,
+                self.limits.quota_bytes,
+            )))
             .scan();
         let snapshot = match scanned {
             Ok(s) => s,
+            Err(e @ crate::Error::OverBudget { .. }) => {
+                return Response::error(format!("{e}: the store service's quota for a user"))
+            }
             Err(e) => return Response::failed(e.to_string()),
         };
         match publisher.publish(&snapshot) {
@@ -119,6 +153,23 @@ impl Handler for Service {
     fn subscribe(&self) -> mpsc::Receiver<Response> {
         mpsc::channel().1
     }
+}
+
+/// Whether Nix lets the user `uid` use the store, as nix-daemon decides whom it serves: root
+/// always; else a user `trusted-users` (default `root`) or `allowed-users` (default `*`) of
+/// `$NIX_CONF_DIR/nix.conf` names. (An `include` in it is not followed.)
+fn nix_allows(uid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let dir =
+        std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+    let conf = std::fs::read_to_string(dir.join("nix.conf")).unwrap_or_default();
+    let list = |key: &str, default: &str| {
+        crate::nix::conf::effective(&conf, key).unwrap_or_else(|| default.to_owned())
+    };
+    crate::accounts::matches_nix_users(uid, &list("trusted-users", "root"))
+        || crate::accounts::matches_nix_users(uid, &list("allowed-users", "*"))
 }
 
 /// Cuts a view off when a publication from it makes no progress for `stall`: until dropped.

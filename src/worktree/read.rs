@@ -170,6 +170,7 @@ pub(crate) fn hash_settled(
     dir: BorrowedFd<'_>,
     name: &[u8],
     mut expected: Option<Stamp>,
+    budget: Option<&crate::scan::Budget>,
     path: impl Fn() -> PathBuf,
 ) -> Result<Hashed, Error> {
     use rustix::fs::FileType;
@@ -187,7 +188,13 @@ pub(crate) fn hash_settled(
             expected = Some(now);
         }
         let attempt = match open_file_at(dir, name) {
-            Ok(mut file) => hash_open(&mut file, expected),
+            Ok(mut file) => {
+                if let Some(budget) = budget {
+                    let st = rustix::fs::fstat(&file).map_err(|e| Error::io(path(), e.into()))?;
+                    budget.take(st.st_size as u64, &path)?;
+                }
+                hash_open(&mut file, expected)
+            }
             // A symlink took its place: the open refuses it.
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
                 Ok(Attempt::NotAFile)

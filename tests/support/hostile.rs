@@ -47,6 +47,8 @@ pub enum Serve {
     Shifting,
     /// A directory whose `file` is never read: a read waits two minutes, then fails.
     Stalled,
+    /// A directory whose `file` says it holds a terabyte (of zeros).
+    Huge,
 }
 
 const ROOT: u64 = 1;
@@ -60,12 +62,17 @@ struct HostileFs {
     lookups: Arc<AtomicU64>,
     dir_getattrs: AtomicU64,
     reads: AtomicU64,
+    /// Every `READ` the kernel sent.
+    reads_seen: Arc<AtomicU64>,
 }
+
+/// The size [`Serve::Huge`]'s file claims.
+const HUGE: u64 = 1 << 40;
 
 impl HostileFs {
     fn target(&self) -> Option<&Path> {
         match &self.serve {
-            Serve::Dir | Serve::Shifting | Serve::Stalled => None,
+            Serve::Dir | Serve::Shifting | Serve::Stalled | Serve::Huge => None,
             Serve::Symlink(t) | Serve::FlipAfterFirst(t) | Serve::Alternate(t) => Some(t),
         }
     }
@@ -73,7 +80,7 @@ impl HostileFs {
     /// The inode the `n`th (0-based) lookup of the entry answers with.
     fn entry_ino(&self, n: u64) -> u64 {
         match self.serve {
-            Serve::Dir | Serve::Shifting | Serve::Stalled => DIR,
+            Serve::Dir | Serve::Shifting | Serve::Stalled | Serve::Huge => DIR,
             Serve::Symlink(_) => LINK,
             Serve::FlipAfterFirst(_) => {
                 if n == 0 {
@@ -99,7 +106,10 @@ impl HostileFs {
                 0o777,
                 self.target().map_or(0, |t| t.as_os_str().len() as u64),
             ),
-            _ => (0o444, DECOY.len() as u64),
+            _ => match self.serve {
+                Serve::Huge => (0o444, HUGE),
+                _ => (0o444, DECOY.len() as u64),
+            },
         };
         let time = UNIX_EPOCH + Duration::from_secs(1);
         FileAttr {
@@ -199,8 +209,10 @@ impl Filesystem for HostileFs {
         if ino.0 != FILE {
             return reply.error(Errno::EISDIR);
         }
+        self.reads_seen.fetch_add(1, Ordering::SeqCst);
         let mut bytes = DECOY.as_bytes().to_vec();
         match self.serve {
+            Serve::Huge => return reply.data(&vec![0; size as usize]),
             Serve::Shifting => {
                 bytes[0] = b'a' + (self.reads.fetch_add(1, Ordering::SeqCst) % 26) as u8
             }
@@ -257,6 +269,7 @@ impl Filesystem for HostileFs {
 pub struct HostileView {
     pub mountpoint: PathBuf,
     lookups: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
     ended: mpsc::Receiver<()>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -275,11 +288,13 @@ impl HostileView {
         ];
         config.acl = SessionACL::All;
         let lookups = Arc::new(AtomicU64::new(0));
+        let reads_seen = Arc::new(AtomicU64::new(0));
         let fs = HostileFs {
             serve,
             lookups: lookups.clone(),
             dir_getattrs: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            reads_seen: reads_seen.clone(),
         };
         let session = fuser::Session::new(fs, mountpoint, &config)
             .unwrap_or_else(|e| panic!("mounting a FUSE view at {mountpoint:?}: {e}"));
@@ -295,6 +310,7 @@ impl HostileView {
         HostileView {
             mountpoint: mountpoint.to_path_buf(),
             lookups,
+            reads: reads_seen,
             ended,
             thread: Some(thread),
         }
@@ -303,6 +319,11 @@ impl HostileView {
     /// `<mountpoint>/<entry>`: the snapshot path a derivation names.
     pub fn snapshot(&self) -> PathBuf {
         self.mountpoint.join(entry())
+    }
+
+    /// How many reads of a file the kernel asked for.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
     }
 
     /// How many times the kernel looked the entry up.

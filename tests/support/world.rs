@@ -197,6 +197,11 @@ impl World {
     /// own, cutting off a view after `stall` seconds without progress; every later command
     /// finds it through `SRCSTORE_STORE_SERVICE`.
     pub fn serve_store(&mut self, stall: u64) -> PathBuf {
+        self.serve_store_with(&["--stall", &stall.to_string()])
+    }
+
+    /// [`World::serve_store`] with `args` for `srcstore store serve`.
+    pub fn serve_store_with(&mut self, args: &[&str]) -> PathBuf {
         let socket = self.sb.path("store.sock");
         let log = fs::File::options()
             .create(true)
@@ -207,7 +212,9 @@ impl World {
             .in_ns(None)
             .env("SRCSTORE_LOG", "info")
             .arg(super::srcstore_bin())
-            .args(["store", "serve", "--stall", &stall.to_string(), "--socket"])
+            .args(["store", "serve"])
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -219,6 +226,14 @@ impl World {
         });
         self.store_service = Some(socket.clone());
         socket
+    }
+
+    /// Stops root's store service (SIGKILL).
+    pub fn stop_store(&mut self) {
+        if let Some(mut service) = self.store_child.take() {
+            service.kill().unwrap();
+            service.wait().unwrap();
+        }
     }
 
     pub fn path(&self, user: &str, project: &Path) -> String {
