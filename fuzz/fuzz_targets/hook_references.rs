@@ -1,5 +1,5 @@
-//! Finding snapshot paths in a derivation's strings and in the mount table: no panics, and
-//! every reference found really is `<dir>/<32 base-32 chars>-<name>`.
+//! Finding snapshot paths in a derivation's strings, in a path a user names, and in the mount
+//! table: no panics, and every reference found really is `<dir>/<32 base-32 chars>-<name>`.
 #![no_main]
 
 use srcstore::{hook, nix::drv::Derivation};
@@ -15,6 +15,13 @@ libfuzzer_sys::fuzz_target!(|data: (&str, &str)| {
         let (hash, name) = r.basename.split_once('-').unwrap();
         assert_eq!(hash.len(), 32);
         assert!(!name.is_empty());
+    }
+    // A path a user hands root's store service: exactly a snapshot of a listed view, or none.
+    if let Some(r) = hook::reference(value, &views) {
+        assert_eq!(r.path.as_os_str(), value);
+        if let Some(view) = &r.view {
+            assert!(r.path.starts_with(&view.mountpoint), "{r:?}");
+        }
     }
     let refs = hook::references(&d, &views);
     let staged: Vec<std::path::PathBuf> = (0..refs.len()).map(|i| format!("/stage/{i}").into()).collect();

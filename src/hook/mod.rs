@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mountinfo::{view_mounts, ViewMount};
-pub use refs::{references, refusal_block, sandbox_block, Reference, STABLE_SRC};
+pub use refs::{reference, references, refusal_block, sandbox_block, Reference, STABLE_SRC};
 pub use stage::{sweep, STAGE_ROOT};
 
 use std::os::fd::{AsRawFd, OwnedFd};
