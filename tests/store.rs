@@ -7,9 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{
-    busybox_store_path, publish, srcstore_as, stderr, valid, verify_path, write, Daemon, Sandbox,
-};
+use support::{publish, srcstore_as, stderr, valid, verify_path, write, Daemon, Sandbox};
 
 /// The ordinary user the refusals are for.
 const DEV: &str = "srcstore-dev";
@@ -177,24 +175,7 @@ fn an_edit_makes_a_new_path_that_copies_only_the_edited_file_and_the_old_path_ke
 /// A flake whose builder comes from a locked input, building from its own source.
 fn flake_project(sb: &Sandbox, files: usize) -> PathBuf {
     let p = sb.path("flake");
-    let bb = busybox_store_path();
-    write(
-        &p.join("flake.nix"),
-        format!(
-            r#"{{
-  inputs.bb = {{ url = "path:{bb}"; flake = false; }};
-  outputs = {{ self, bb }}: {{
-    packages.x86_64-linux.default = derivation {{
-      name = "from-source";
-      system = "x86_64-linux";
-      builder = "${{bb}}/bin/sh";
-      args = [ "-c" "read x < ${{self}}/msg; echo $x > $out" ];
-    }};
-  }};
-}}
-"#
-        ),
-    );
+    write(&p.join("flake.nix"), support::flake_nix());
     write(&p.join("msg"), "first");
     unique(sb, &p);
     for i in 0..files {
@@ -447,25 +428,9 @@ fn path_store_says_while_it_waits_how_far_the_publication_has_come() {
         write(&p.join(format!("new/f{i}")), format!("{unique} {i}"));
     }
     // Each file the publication makes takes 5 ms longer to get its mode: 5 s in all.
-    let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fchmod"])
-        .args(["-e", "inject=fchmod:delay_exit=5000", "-p"])
-        .arg(d.child.id().to_string())
-        .spawn()
-        .expect("strace");
-    let tasks = format!("/proc/{}/task", d.child.id());
-    support::wait_for("strace to attach to every thread", || {
-        fs::read_dir(&tasks).unwrap().flatten().all(|t| {
-            fs::read_to_string(t.path().join("status"))
-                .is_ok_and(|s| !s.contains("TracerPid:\t0\n"))
-        })
-    });
+    let slowed = support::slow_down(d.child.id(), 5000);
     let out = sb.run(&["path", "--store", p.to_str().unwrap()]);
-    Command::new("kill")
-        .arg(strace.id().to_string())
-        .status()
-        .unwrap();
-    strace.wait().unwrap();
+    drop(slowed);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let total = d.status(&sb)["files"].as_u64().unwrap();

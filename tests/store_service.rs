@@ -16,29 +16,12 @@ use std::time::{Duration, Instant};
 
 use hostile::{HostileView, Serve};
 use support::world::{World, DEV, OTHER};
-use support::{busybox_store_path, own, stderr, valid, verify_path, wait_for, write, Sandbox};
+use support::{own, stderr, valid, verify_path, wait_for, write, Sandbox};
 
 /// A flake project owned by `user`, its lock file committed, whose output is its `msg`.
 fn flake_project(w: &World, user: &str) -> PathBuf {
     let p = w.sb.path("flake");
-    let bb = busybox_store_path();
-    write(
-        &p.join("flake.nix"),
-        format!(
-            r#"{{
-  inputs.bb = {{ url = "path:{bb}"; flake = false; }};
-  outputs = {{ self, bb }}: {{
-    packages.x86_64-linux.default = derivation {{
-      name = "from-source";
-      system = "x86_64-linux";
-      builder = "${{bb}}/bin/sh";
-      args = [ "-c" "read x < ${{self}}/msg; echo $x > $out" ];
-    }};
-  }};
-}}
-"#
-        ),
-    );
+    write(&p.join("flake.nix"), support::flake_nix());
     write(&p.join("msg"), "first");
     let lock = Command::new("nix")
         .args(["--extra-experimental-features", "nix-command flakes"])
@@ -95,7 +78,18 @@ fn build_flake_as(w: &World, user: &str, path: &str) -> String {
 /// A `publish` request sent straight to the service at `socket` by `user` (root if `None`),
 /// in `w`'s world if given: the answer.
 fn ask(w: Option<&World>, user: Option<&str>, socket: &Path, view: &Path) -> serde_json::Value {
-    let request = serde_json::json!({"v": 1, "op": "publish", "view": view}).to_string();
+    let request = serde_json::json!({"v": 1, "op": "publish", "view": view});
+    send(w, user, socket, &request)
+}
+
+/// `request` sent straight to the service at `socket`, as [`ask`] sends it: the answer.
+fn send(
+    w: Option<&World>,
+    user: Option<&str>,
+    socket: &Path,
+    request: &serde_json::Value,
+) -> serde_json::Value {
+    let request = request.to_string();
     let out = match w {
         Some(w) => {
             w.in_ns(user)
@@ -126,14 +120,21 @@ fn ask(w: Option<&World>, user: Option<&str>, socket: &Path, view: &Path) -> ser
     })
 }
 
-#[test]
-fn a_users_snapshot_is_published_by_roots_service_and_its_flake_builds_through_nix_daemon() {
+/// A world with root's store service, and `srcstore-dev`'s [`flake_project`] served in store
+/// mode and published once: the world, the project, its path.
+fn published() -> (World, PathBuf, String) {
     let mut w = World::new(true);
     w.serve_store(60);
     let p = flake_project(&w, DEV);
     w.mount_with(DEV, &p, &["--store"]);
     let (code, path, err) = publish_as(&w, DEV, &p);
     assert_eq!(code, Some(0), "{err}");
+    (w, p, path)
+}
+
+#[test]
+fn a_users_snapshot_is_published_by_roots_service_and_its_flake_builds_through_nix_daemon() {
+    let (w, p, path) = published();
     assert_eq!(
         path,
         nix_would_give(&w.sb, &p),
@@ -211,20 +212,9 @@ impl Service {
     }
 
     fn start_with(sb: &Sandbox, args: &[&str]) -> Service {
-        let socket = sb.path("store.sock");
-        let log = fs::File::create(sb.path("store-service.log")).unwrap();
-        let child = sb
-            .cmd()
-            .env("SRCSTORE_LOG", "info")
-            .args(["store", "serve"])
-            .args(args)
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for("the store service", || socket.exists());
+        let mut c = sb.cmd();
+        c.args(["store", "serve"]);
+        let (child, socket) = support::store_service(c, sb, args);
         Service { child, socket }
     }
 }
@@ -322,6 +312,8 @@ fn the_service_killed_mid_publication_leaves_nothing_valid_and_wrong_and_its_res
     w.serve_store(60);
     let p = big_project(&w, DEV);
     let path = nix_would_give(&w.sb, &p);
+    // Each file the service makes takes 2 ms longer: the publication is under way for seconds.
+    let slowed = support::slow_down(w.store_child.as_ref().unwrap().id(), 2000);
     // The first publication starts with the daemon.
     w.mount_with(DEV, &p, &["--store"]);
     let view = PathBuf::from(w.path(DEV, &p));
@@ -330,6 +322,7 @@ fn the_service_killed_mid_publication_leaves_nothing_valid_and_wrong_and_its_res
     for _ in 0..5000 {
         if let Some(entry) = support::under_way(mountpoint) {
             w.stop_store();
+            drop(slowed);
             making = Some(entry);
             break;
         }
@@ -357,12 +350,7 @@ fn the_service_killed_mid_publication_leaves_nothing_valid_and_wrong_and_its_res
 
 #[test]
 fn a_published_path_travels_through_a_binary_cache_into_a_store_that_requires_signatures() {
-    let mut w = World::new(true);
-    w.serve_store(60);
-    let p = flake_project(&w, DEV);
-    w.mount_with(DEV, &p, &["--store"]);
-    let (code, path, err) = publish_as(&w, DEV, &p);
-    assert_eq!(code, Some(0), "{err}");
+    let (w, _, path) = published();
     let cache = w.sb.path("cache");
     let other = w.sb.path("other-store");
     let nix = |args: &[&str]| {
@@ -452,4 +440,31 @@ fn the_quota_holds_while_reading_a_file_that_claims_a_terabyte_is_never_read() {
     );
     assert_eq!(view.reads(), 0, "the service read a file past its quota");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Whether srcstore's records root `path` (for any project).
+fn rooted(path: &str) -> bool {
+    let base = path.trim_start_matches("/nix/store/");
+    fs::read_dir("/nix/var/nix/gcroots/srcstore")
+        .unwrap()
+        .flatten()
+        .any(|project| project.path().join(base).symlink_metadata().is_ok())
+}
+
+#[test]
+fn a_user_drops_only_their_own_roots_and_a_daemon_that_stops_drops_its_own() {
+    let (mut w, p, path) = published();
+    let socket = w.store_service.clone().unwrap();
+    assert!(rooted(&path));
+    let view = PathBuf::from(w.path(DEV, &p));
+    let mountpoint = view.parent().unwrap();
+
+    let release = serde_json::json!({"v": 1, "op": "release", "mountpoint": mountpoint});
+    let answer = send(Some(&w), Some(OTHER), &socket, &release);
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(rooted(&path), "another user dropped the owner's roots");
+
+    w.stop_mounts();
+    wait_for("the stopped daemon's roots to go", || !rooted(&path));
+    assert!(valid(&path), "released, not deleted: Nix collects it");
 }

@@ -327,8 +327,8 @@ impl Server {
             }
         };
         self.made.socket_gone();
-        if let Some(StoreMode::Here(p)) = &self.store {
-            p.release();
+        if let Some(mode) = &self.store {
+            daemon::release(mode, &self.mountpoint);
         }
         let code = match stop {
             Stop::Signal | Stop::Unmounted => {

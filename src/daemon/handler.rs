@@ -73,9 +73,9 @@ impl Handler for LiveHandler {
                 ),
                 Some(mode) => publish(live, mode, mountpoint, sub.as_deref()),
             },
-            Request::Publish { .. } => {
-                Response::error("`publish` is for the store service (`srcstore store serve`)")
-            }
+            Request::Publish { .. } | Request::Release { .. } => Response::error(
+                "`publish` and `release` are for the store service (`srcstore store serve`)",
+            ),
             Request::Path { sub, store: false } => {
                 let snapshot = sync(live, sub.as_deref());
                 match snapshot {
@@ -232,6 +232,30 @@ pub fn publish(live: &Live, mode: &StoreMode, mountpoint: &Path, sub: Option<&st
         match newer_may_do && tries + 1 < PUBLISH_TRIES {
             true => tries += 1,
             false => return answer,
+        }
+    }
+}
+
+/// Releases the roots of what this daemon published (the paths stay valid until Nix collects
+/// them): its own, or those the store service keeps for it. A service that does not answer
+/// within a few seconds keeps them, until its next start.
+pub fn release(mode: &StoreMode, mountpoint: &Path) {
+    match mode {
+        StoreMode::Here(publisher) => publisher.release(),
+        StoreMode::Service(socket) => {
+            let asked = super::Client::connect_within(socket, 0, Duration::from_secs(5)).and_then(
+                |mut c| {
+                    c.request(Request::Release {
+                        mountpoint: mountpoint.display().to_string(),
+                    })
+                },
+            );
+            if let Err(e) = asked {
+                tracing::warn!(
+                    "{}: cannot release the published paths' roots: {e}",
+                    socket.display()
+                );
+            }
         }
     }
 }

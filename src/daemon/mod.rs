@@ -22,7 +22,7 @@ mod start;
 mod warm;
 
 pub use client::Client;
-pub use handler::{publish, LiveHandler, Starting, StoreMode};
+pub use handler::{publish, release, LiveHandler, Starting, StoreMode};
 pub use protocol::{parse, Envelope, Request, Response, PROTOCOL_VERSION};
 pub use server::{serve, Handler};
 pub use start::{prepare_mountpoint, DaemonLock, StartError};

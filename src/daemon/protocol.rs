@@ -53,6 +53,11 @@ pub enum Request {
     Publish {
         view: String,
     },
+    /// To the store service: drop the roots of what it published for the asker from the view
+    /// at `mountpoint` (the paths stay valid until Nix collects them).
+    Release {
+        mountpoint: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

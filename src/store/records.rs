@@ -145,6 +145,10 @@ impl Records {
         for entry in fs::read_dir(&journal)? {
             let entry = entry?;
             let base = entry.file_name().to_string_lossy().into_owned();
+            // A journal entry being written (or a write that died): no name of the store's.
+            if base.starts_with(".tmp-") {
+                continue;
+            }
             let key = fs::read_to_string(entry.path()).unwrap_or_default();
             if !dead(key.trim())? {
                 continue; // under way

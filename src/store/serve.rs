@@ -124,6 +124,30 @@ impl Service {
         }
     }
 
+    /// Drops the roots of what was published for `peer` from the view at `mountpoint`: only
+    /// the asker's own.
+    fn release(&self, peer: u32, mountpoint: &str) -> Response {
+        let key = (peer, PathBuf::from(mountpoint));
+        let publisher = self
+            .publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        match publisher {
+            Some(p) => {
+                p.release();
+                tracing::info!("released uid {peer}'s roots of {mountpoint}");
+                Response {
+                    ok: true,
+                    ..Default::default()
+                }
+            }
+            None => Response::error(format!(
+                "{mountpoint}: nothing is published for uid {peer} from there"
+            )),
+        }
+    }
+
     /// The publisher for `owner`'s `view`, opened on first use.
     fn publisher(&self, owner: u32, view: &ViewMount) -> Result<Arc<Publisher>, super::StoreError> {
         let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,7 +165,8 @@ impl Handler for Service {
     fn handle(&self, request: Request, peer: u32) -> Response {
         match request {
             Request::Publish { view } => self.publish(peer, &view),
-            _ => Response::error("the store service answers only `publish`"),
+            Request::Release { mountpoint } => self.release(peer, &mountpoint),
+            _ => Response::error("the store service answers only `publish` and `release`"),
         }
     }
 

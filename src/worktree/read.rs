@@ -32,27 +32,18 @@ impl Root {
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: path.into() });
         }
-        let fd = rustix::fs::open(
-            path,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io(path, e.into()))?;
-        Ok(Root {
-            path: path.into(),
-            fd,
-        })
+        Root::open_at(path, rustix::fs::CWD, path)
     }
 
     /// The directory open at `dir`, opened again to be read; `path` names it in messages.
     pub fn reopen(path: &Path, dir: BorrowedFd<'_>) -> Result<Self, Error> {
-        let fd = rustix::fs::openat(
-            dir,
-            ".",
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io(path, e.into()))?;
+        Root::open_at(path, dir, Path::new("."))
+    }
+
+    fn open_at(path: &Path, dir: BorrowedFd<'_>, name: &Path) -> Result<Self, Error> {
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
+            .map_err(|e| Error::io(path, e.into()))?;
         Ok(Root {
             path: path.into(),
             fd,

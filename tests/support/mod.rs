@@ -560,20 +560,103 @@ pub fn publish(sb: &Sandbox, project: &Path, extra: &[&str]) -> String {
     sb.ok(&args).trim().to_owned()
 }
 
-/// The store entry a publication for `project` has under way, by srcstore's journal (each
-/// entry names its project's record, which names the project's directory).
+/// The store entry a publication for `project` has under way and has begun to make, by
+/// srcstore's journal (each entry names its project's record, which names the project's
+/// directory; a journal entry being written is a `.tmp-` file beside them).
 pub fn under_way(project: &Path) -> Option<String> {
     let records = Path::new("/nix/var/srcstore");
     let wanted = format!("dir {}\n", project.display());
     fs::read_dir(records.join("publishing"))
         .ok()?
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
         .find(|e| {
             let key = fs::read_to_string(e.path()).unwrap_or_default();
+            let made = Path::new("/nix/store").join(e.file_name());
             fs::read_to_string(records.join("projects").join(key.trim()))
                 .is_ok_and(|r| r.contains(&wanted))
+                && made.symlink_metadata().is_ok()
         })
         .map(|e| format!("/nix/store/{}", e.file_name().to_string_lossy()))
+}
+
+/// Starts `serve` (a `srcstore store serve` command) with `args`, answering at a socket in
+/// `sb`, its log appended to `store-service.log` there; once it answers, it and its socket.
+pub fn store_service(
+    mut serve: Command,
+    sb: &Sandbox,
+    args: &[&str],
+) -> (std::process::Child, PathBuf) {
+    let socket = sb.path("store.sock");
+    let log = fs::File::options()
+        .create(true)
+        .append(true)
+        .open(sb.path("store-service.log"))
+        .unwrap();
+    let child = serve
+        .env("SRCSTORE_LOG", "info")
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("the store service", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    (child, socket)
+}
+
+/// A tracer that makes every `fchmod` of a process take longer (see [`slow_down`]): each file a
+/// publication makes calls it once. Stopped when dropped.
+pub struct Slowed(std::process::Child);
+
+/// Makes every `fchmod` of process `pid` (all its threads, and those it starts) take `micros`
+/// longer, from when this returns until the result is dropped.
+pub fn slow_down(pid: u32, micros: u32) -> Slowed {
+    let strace = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fchmod", "-e"])
+        .arg(format!("inject=fchmod:delay_exit={micros}"))
+        .arg("-p")
+        .arg(pid.to_string())
+        .spawn()
+        .expect("strace is required for these tests (scripts/setup-machine installs it)");
+    let tasks = format!("/proc/{pid}/task");
+    wait_for("strace to attach to every thread", || {
+        fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+            fs::read_to_string(t.path().join("status"))
+                .is_ok_and(|s| !s.contains("TracerPid:\t0\n"))
+        })
+    });
+    Slowed(strace)
+}
+
+impl Drop for Slowed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A flake with no inputs but busybox, whose default package's output is the line in its
+/// `msg`.
+pub fn flake_nix() -> String {
+    let bb = busybox_store_path();
+    format!(
+        r#"{{
+  inputs.bb = {{ url = "path:{bb}"; flake = false; }};
+  outputs = {{ self, bb }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "from-source";
+      system = "x86_64-linux";
+      builder = "${{bb}}/bin/sh";
+      args = [ "-c" "read x < ${{self}}/msg; echo $x > $out" ];
+    }};
+  }};
+}}
+"#
+    )
 }
 
 /// Whether Nix holds `path` valid.

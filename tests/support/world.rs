@@ -202,30 +202,22 @@ impl World {
 
     /// [`World::serve_store`] with `args` for `srcstore store serve`.
     pub fn serve_store_with(&mut self, args: &[&str]) -> PathBuf {
-        let socket = self.sb.path("store.sock");
-        let log = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.sb.path("store-service.log"))
-            .unwrap();
-        let child = self
-            .in_ns(None)
-            .env("SRCSTORE_LOG", "info")
-            .arg(super::srcstore_bin())
-            .args(["store", "serve"])
-            .args(args)
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut c = self.in_ns(None);
+        c.arg(super::srcstore_bin()).args(["store", "serve"]);
+        let (child, socket) = super::store_service(c, &self.sb, args);
         self.store_child = Some(child);
-        wait_for("the store service", || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
         self.store_service = Some(socket.clone());
         socket
+    }
+
+    /// Stops the users' srcstore daemons (SIGTERM), and waits for them.
+    pub fn stop_mounts(&mut self) {
+        for mut d in self.daemons.drain(..) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &d.id().to_string()])
+                .status();
+            let _ = d.wait();
+        }
     }
 
     /// Stops root's store service (SIGKILL).
