@@ -468,3 +468,21 @@ fn a_user_drops_only_their_own_roots_and_a_daemon_that_stops_drops_its_own() {
     wait_for("the stopped daemon's roots to go", || !rooted(&path));
     assert!(valid(&path), "released, not deleted: Nix collects it");
 }
+
+#[test]
+fn the_service_starts_on_a_machine_where_nix_has_made_no_gcroots_yet() {
+    let sb = Sandbox::new();
+    // Nix's state directory as a fresh install has it before Nix first runs: empty.
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs tmpfs /nix/var/nix && exec "$0" "$@""#,
+    ])
+    .arg(support::srcstore_bin())
+    .args(["store", "serve"]);
+    let (mut service, _) = support::store_service(c, &sb, &[]);
+    service.kill().unwrap();
+    service.wait().unwrap();
+}

@@ -64,7 +64,7 @@ pub enum StoreError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// The message names the path.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("{path}: registered with NAR hash {found}, not {expected}: run `nix-store --verify --check-contents --repair`")]
     Mismatch {

@@ -50,7 +50,10 @@ pub struct Status {
 
 impl Records {
     pub fn open(dir: &Path) -> io::Result<Records> {
-        let roots = Path::new(NIX_STATE).join("gcroots/srcstore");
+        let gcroots = Path::new(NIX_STATE).join("gcroots");
+        let roots = gcroots.join("srcstore");
+        // Nix makes `gcroots` when it first runs; srcstore may run first.
+        make_dir(&gcroots, 0o755)?;
         for d in [dir, &roots] {
             make_dir(d, if d == dir { 0o700 } else { 0o755 })?;
         }

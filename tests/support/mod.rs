@@ -593,7 +593,7 @@ pub fn store_service(
         .append(true)
         .open(sb.path("store-service.log"))
         .unwrap();
-    let child = serve
+    let mut child = serve
         .env("SRCSTORE_LOG", "info")
         .args(args)
         .arg("--socket")
@@ -603,6 +603,10 @@ pub fn store_service(
         .spawn()
         .unwrap();
     wait_for("the store service", || {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = fs::read_to_string(sb.path("store-service.log")).unwrap_or_default();
+            panic!("the store service exited ({status}): {log}");
+        }
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
     (child, socket)
