@@ -40,6 +40,12 @@ fn converse(stream: UnixStream, handler: &Arc<dyn Handler>) -> std::io::Result<(
     let mut writer = stream.try_clone()?;
     let peer = rustix::net::sockopt::socket_peercred(&stream)?.uid.as_raw();
     if !handler.admits(peer) {
+        // Its request is read first (for a second at most), so that the refusal is what it
+        // gets, not a broken pipe while it is still writing.
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+        let _ = BufReader::new(&stream)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut Vec::new());
         let refusal = Response::error(format!("uid {peer} may not control this daemon"));
         return write_response(&mut writer, &refusal);
     }
