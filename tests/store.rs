@@ -627,3 +627,137 @@ fn a_build_with_auto_optimise_store_joins_its_output_to_a_published_blob_and_bot
     verify_path(&built);
     verify_path(&path);
 }
+
+/// Debian's sshd on loopback, letting root in with a key of the test's own: a remote builder
+/// whose store is a chroot store of its own (`local?root=…`), stopped when dropped.
+struct RemoteBuilder {
+    sshd: std::process::Child,
+    port: u16,
+    key: PathBuf,
+    /// Where its store is: below directories only root can write, as Nix (2.34) requires of a
+    /// chroot store it builds in.
+    root: tempfile::TempDir,
+}
+
+impl RemoteBuilder {
+    fn start(sb: &Sandbox) -> RemoteBuilder {
+        let dir = sb.path("ssh");
+        fs::create_dir_all(&dir).unwrap();
+        for key in ["host", "key"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key))
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        fs::copy(dir.join("key.pub"), dir.join("authorized_keys")).unwrap();
+        fs::create_dir_all("/run/sshd").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sshd = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f", "/dev/null", "-p", &port.to_string(), "-h"])
+            .arg(dir.join("host"))
+            .args(["-o", "ListenAddress=127.0.0.1", "-o", "PidFile=none"])
+            .args([
+                "-o",
+                "PermitRootLogin=prohibit-password",
+                "-o",
+                "StrictModes=no",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "AuthorizedKeysFile={}",
+                dir.join("authorized_keys").display()
+            ))
+            .stderr(fs::File::create(sb.path("sshd.log")).unwrap())
+            .spawn()
+            .expect("sshd (Debian's openssh-server; scripts/setup-machine installs it)");
+        support::wait_for("sshd", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        RemoteBuilder {
+            sshd,
+            port,
+            key: dir.join("key"),
+            root: tempfile::Builder::new()
+                .prefix("srcstore-test-builder")
+                .tempdir_in("/run")
+                .unwrap(),
+        }
+    }
+
+    /// The builder's own store, as a store URL.
+    fn store(&self) -> String {
+        format!("local?root={}", self.root.path().display())
+    }
+
+    fn has(&self, path: &str) -> bool {
+        Command::new("nix-store")
+            .args(["--store", &self.store(), "--check-validity", path])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for RemoteBuilder {
+    fn drop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+    }
+}
+
+#[test]
+fn a_remote_builder_receives_a_published_source_through_nix_and_builds_from_it() {
+    let sb = Sandbox::new();
+    let (_, _d, path) = published(&sb);
+    let builder = RemoteBuilder::start(&sb);
+    assert!(
+        !builder.has(&path),
+        "{path} is on the builder before the build"
+    );
+    let nix = build_from(&sb, "remote", "cat $src/a.txt > $out", &path, "");
+    let remote_store = builder
+        .store()
+        .replace('?', "%3F")
+        .replace('=', "%3D")
+        .replace('/', "%2F");
+    let builders = format!(
+        "ssh-ng://root@127.0.0.1?remote-store={remote_store} x86_64-linux {} 1",
+        builder.key.display()
+    );
+    let out = Command::new("nix-build")
+        .args([
+            "--no-out-link",
+            "--max-jobs",
+            "0",
+            "--option",
+            "builders",
+            &builders,
+        ])
+        .arg(&nix.expr)
+        .args(["--argstr", "src", "unused"])
+        .env("HOME", sb.home())
+        .env(
+            "NIX_SSHOPTS",
+            format!(
+                "-p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+                builder.port
+            ),
+        )
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let built = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(fs::read_to_string(built.trim()).unwrap(), "hello\n");
+    assert!(
+        builder.has(&path),
+        "Nix did not ship {path} to the builder: {log}"
+    );
+}
