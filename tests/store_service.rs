@@ -486,3 +486,20 @@ fn the_service_starts_on_a_machine_where_nix_has_made_no_gcroots_yet() {
     service.kill().unwrap();
     service.wait().unwrap();
 }
+
+#[test]
+fn a_view_whose_name_claims_a_hash_gets_the_path_of_the_bytes_root_read() {
+    let sb = Sandbox::new();
+    let service = Service::start(&sb, 60);
+    // Its one snapshot is named by a hash of the server's choosing (`hostile::HASH`).
+    let view = hostile_view(&sb, Serve::Dir);
+    let answer = ask(None, None, &service.socket, &view.snapshot());
+    assert_eq!(answer["ok"], true, "{answer}");
+    let path = answer["path"].as_str().unwrap();
+    // The same bytes, as Nix would add them.
+    let copy = sb.path("copy/source");
+    write(&copy.join("file"), hostile::DECOY);
+    assert_eq!(path, support::nix_store_add(&copy));
+    verify_path(path);
+    assert!(!path.contains(hostile::HASH));
+}
