@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -90,37 +90,46 @@ impl Service {
         // From the first question to the view on, a view that stops answering is cut off.
         let progress = Arc::new(AtomicU64::new(0));
         let stall = self.limits.stall;
-        let _watchdog = Watchdog::start(view, stall, progress.clone(), publisher.clone());
-        let dir = match snapshot.open() {
-            Ok(dir) => dir,
-            Err(e) => return Response::error(e.to_string()),
-        };
-        let scanned = Scanner::new(path, Filter::All)
-            .name(Some(super::NAME.into()))
-            .opened(dir)
-            .progress(progress)
-            .budget(Arc::new(Budget::new(
-                self.limits.quota_paths,
-                self.limits.quota_bytes,
-            )))
-            .scan();
-        let snapshot = match scanned {
-            Ok(s) => s,
-            Err(e @ crate::Error::OverBudget { .. }) => {
-                return Response::error(format!("{e}: the store service's quota for a user"))
-            }
-            Err(e) => return Response::failed(e.to_string()),
-        };
-        match publisher.publish(&snapshot) {
-            Ok(p) => {
-                tracing::info!("published {} for uid {owner} from {path}", p.path);
-                Response {
-                    ok: true,
-                    path: Some(p.path),
-                    ..Default::default()
+        let watchdog = Watchdog::start(view, stall, progress.clone(), publisher.clone());
+        let answer = (|| {
+            let dir = match snapshot.open() {
+                Ok(dir) => dir,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            let scanned = Scanner::new(path, Filter::All)
+                .name(Some(super::NAME.into()))
+                .opened(dir)
+                .progress(progress)
+                .budget(Arc::new(Budget::new(
+                    self.limits.quota_paths,
+                    self.limits.quota_bytes,
+                )))
+                .scan();
+            let snapshot = match scanned {
+                Ok(s) => s,
+                Err(e @ crate::Error::OverBudget { .. }) => {
+                    return Response::error(format!("{e}: the store service's quota for a user"))
                 }
+                Err(e) => return Response::failed(e.to_string()),
+            };
+            match publisher.publish(&snapshot) {
+                Ok(p) => {
+                    tracing::info!("published {} for uid {owner} from {path}", p.path);
+                    Response {
+                        ok: true,
+                        path: Some(p.path),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => Response::failed(e.to_string()),
             }
-            Err(e) => Response::failed(e.to_string()),
+        })();
+        match watchdog.cut.load(Ordering::SeqCst) && !answer.ok {
+            true => Response::failed(format!(
+                "{path}: its view answered nothing for {}s and was cut off (its FUSE connection aborted); start `srcstore mount` again",
+                stall.as_secs()
+            )),
+            false => answer,
         }
     }
 
@@ -200,6 +209,8 @@ fn nix_allows(uid: u32) -> bool {
 /// Cuts a view off when a publication from it makes no progress for `stall`: until dropped.
 struct Watchdog {
     _done: mpsc::Sender<()>,
+    /// Set before the view is cut off.
+    cut: Arc<AtomicBool>,
 }
 
 impl Watchdog {
@@ -217,6 +228,8 @@ impl Watchdog {
             (u64::from(major) << 20) | u64::from(minor)
         );
         let mountpoint = view.mountpoint.clone();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
         let _ = std::thread::Builder::new()
             .name("srcstore-watchdog".into())
             .spawn(move || {
@@ -229,26 +242,30 @@ impl Watchdog {
                 let mut still = Duration::ZERO;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = over.recv_timeout(tick) {
                     let now = seen();
-                    still = if now == last { still + tick } else { Duration::ZERO };
+                    still = if now == last {
+                        still + tick
+                    } else {
+                        Duration::ZERO
+                    };
                     last = now;
                     if still < stall {
                         continue;
                     }
-                    match std::fs::write(&abort, "1") {
-                        Ok(()) => tracing::warn!(
-                            "{}: its view answered nothing for {}s: cut off",
-                            mountpoint.display(),
-                            stall.as_secs()
-                        ),
-                        Err(e) => tracing::warn!(
-                            "{}: its view answered nothing for {}s, and cannot be cut off ({abort}: {e})",
-                            mountpoint.display(),
-                            stall.as_secs()
-                        ),
+                    cutting.store(true, Ordering::SeqCst);
+                    tracing::warn!(
+                        "{}: its view answered nothing for {}s: cut off",
+                        mountpoint.display(),
+                        stall.as_secs()
+                    );
+                    if let Err(e) = std::fs::write(&abort, "1") {
+                        tracing::warn!(
+                            "{}: cannot cut it off ({abort}: {e})",
+                            mountpoint.display()
+                        );
                     }
                     return;
                 }
             });
-        Watchdog { _done: done }
+        Watchdog { _done: done, cut }
     }
 }
